@@ -1,0 +1,262 @@
+//! Finding and memory-mapping a Hugging Face PaliGemma checkpoint directory.
+//!
+//! Accepts `model.safetensors` or a sharded `model.safetensors.index.json`, and tensor names in
+//! every layout of spec §7.2, which are normalised to the legacy layout the model structs use:
+//! `vision_tower.vision_model.*`, `multi_modal_projector.*`, `language_model.model.*`,
+//! `language_model.lm_head.weight`.
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+
+use candle_core::safetensors::MmapedSafetensors;
+use candle_core::{DType, Device, Shape, Tensor};
+use candle_nn::var_builder::SimpleBackend;
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::error::{ModelError, Result};
+
+/// The files of a model directory.
+#[derive(Debug, Clone)]
+pub struct ModelFiles {
+    pub dir: PathBuf,
+    pub config: PathBuf,
+    /// One or more safetensors shards.
+    pub weights: Vec<PathBuf>,
+    pub tokenizer: Option<PathBuf>,
+    pub preprocessor_config: Option<PathBuf>,
+}
+
+impl ModelFiles {
+    /// Locates the checkpoint files in `dir`.
+    ///
+    /// # Errors
+    /// Missing directory, `config.json` or weights; an unreadable shard index.
+    pub fn discover(dir: &Path) -> Result<Self> {
+        if !dir.is_dir() {
+            return Err(ModelError::BadFile {
+                path: dir.to_path_buf(),
+                message: "not a directory (expected a Hugging Face model directory)".into(),
+            });
+        }
+        let config = dir.join("config.json");
+        if !config.is_file() {
+            return Err(ModelError::MissingFile {
+                dir: dir.to_path_buf(),
+                file: "config.json",
+                why: "the model configuration",
+            });
+        }
+        let single = dir.join("model.safetensors");
+        let index = dir.join("model.safetensors.index.json");
+        let weights = if single.is_file() {
+            vec![single]
+        } else if index.is_file() {
+            shards_from_index(dir, &index)?
+        } else {
+            return Err(ModelError::MissingFile {
+                dir: dir.to_path_buf(),
+                file: "model.safetensors",
+                why: "no model.safetensors or model.safetensors.index.json",
+            });
+        };
+        let optional = |name: &str| Some(dir.join(name)).filter(|p| p.is_file());
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            config,
+            weights,
+            tokenizer: optional("tokenizer.json"),
+            preprocessor_config: optional("preprocessor_config.json"),
+        })
+    }
+}
+
+fn shards_from_index(dir: &Path, index: &Path) -> Result<Vec<PathBuf>> {
+    let bad = |message: String| ModelError::BadFile { path: index.to_path_buf(), message };
+    let text = std::fs::read_to_string(index).map_err(|e| bad(e.to_string()))?;
+    let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| bad(format!("invalid JSON: {e}")))?;
+    let map = json
+        .get("weight_map")
+        .and_then(|m| m.as_object())
+        .ok_or_else(|| bad("no `weight_map` object".into()))?;
+    let files: BTreeSet<&str> = map.values().filter_map(|v| v.as_str()).collect();
+    if files.is_empty() {
+        return Err(bad("`weight_map` names no files".into()));
+    }
+    files
+        .into_iter()
+        .map(|f| {
+            let p = dir.join(f);
+            if p.is_file() {
+                Ok(p)
+            } else {
+                Err(bad(format!("shard `{f}` listed in weight_map does not exist")))
+            }
+        })
+        .collect()
+}
+
+/// Maps a tensor name of any supported layout to the legacy layout.
+pub fn canonical_name(name: &str) -> String {
+    const VISION: &str = "vision_tower.vision_model.";
+    if let Some(rest) = name.strip_prefix("model.language_model.") {
+        return format!("language_model.model.{rest}");
+    }
+    if name == "lm_head.weight" {
+        return "language_model.lm_head.weight".into();
+    }
+    if let Some(rest) = name.strip_prefix("model.multi_modal_projector.") {
+        return format!("multi_modal_projector.{rest}");
+    }
+    let vision_rest = name
+        .strip_prefix("model.vision_tower.")
+        .or_else(|| name.strip_prefix("vision_tower."));
+    if let Some(rest) = vision_rest {
+        let rest = rest.strip_prefix("vision_model.").unwrap_or(rest);
+        return format!("{VISION}{rest}");
+    }
+    name.to_string()
+}
+
+/// Memory-mapped safetensors shards exposed to candle's `VarBuilder` under canonical names,
+/// with shape checks that name the tensor and a progress bar over the bytes materialised.
+pub struct Checkpoint {
+    tensors: MmapedSafetensors,
+    /// canonical name → name in the file.
+    names: HashMap<String, String>,
+    progress: ProgressBar,
+}
+
+impl Checkpoint {
+    /// Maps the shards and indexes their tensor names.
+    ///
+    /// # Errors
+    /// Unreadable or corrupt safetensors files; two tensors mapping to the same canonical name.
+    pub fn open(files: &[PathBuf], show_progress: bool) -> Result<Self> {
+        for f in files {
+            check_safetensors_header(f)?;
+        }
+        // SAFETY: the files are mapped read-only; as with every mmap-based loader, the caller must
+        // not truncate or rewrite a checkpoint while a process serves from it.
+        #[allow(unsafe_code)]
+        let tensors = unsafe { MmapedSafetensors::multi(files) }.map_err(|e| ModelError::BadFile {
+            path: files.first().cloned().unwrap_or_default(),
+            message: format!("cannot map safetensors: {e}"),
+        })?;
+        let mut names = HashMap::new();
+        let mut total_bytes = 0u64;
+        for (name, view) in tensors.tensors() {
+            total_bytes += view.data().len() as u64;
+            let canonical = canonical_name(&name);
+            if let Some(previous) = names.insert(canonical.clone(), name.clone()) {
+                return Err(ModelError::BadFile {
+                    path: files.first().cloned().unwrap_or_default(),
+                    message: format!("tensors `{previous}` and `{name}` both map to `{canonical}`"),
+                });
+            }
+        }
+        let progress = if show_progress {
+            let bar = ProgressBar::new(total_bytes);
+            if let Ok(style) = ProgressStyle::with_template(
+                "loading weights {bar:40} {binary_bytes}/{binary_total_bytes} ({eta})",
+            ) {
+                bar.set_style(style);
+            }
+            bar
+        } else {
+            ProgressBar::hidden()
+        };
+        Ok(Self { tensors, names, progress })
+    }
+
+    pub fn contains(&self, canonical: &str) -> bool {
+        self.names.contains_key(canonical)
+    }
+
+    /// Finishes the progress bar.
+    pub fn finish(&self) {
+        self.progress.finish_and_clear();
+    }
+
+    fn load(&self, canonical: &str, dtype: DType, device: &Device) -> candle_core::Result<Tensor> {
+        let Some(actual) = self.names.get(canonical) else {
+            return Err(candle_core::Error::Msg(ModelError::MissingTensor { name: canonical.into() }.to_string()));
+        };
+        let view = self.tensors.get(actual)?;
+        self.progress.inc(view.data().len() as u64);
+        self.tensors.load(actual, device)?.to_dtype(dtype)
+    }
+}
+
+/// Rejects a truncated or garbage file with a clear message before mapping it.
+fn check_safetensors_header(path: &Path) -> Result<()> {
+    use std::io::Read;
+    let bad = |message: String| ModelError::BadFile { path: path.to_path_buf(), message };
+    let mut file = std::fs::File::open(path).map_err(|e| bad(e.to_string()))?;
+    let len = file.metadata().map_err(|e| bad(e.to_string()))?.len();
+    let mut prefix = [0u8; 8];
+    file.read_exact(&mut prefix)
+        .map_err(|_| bad(format!("not a safetensors file: only {len} bytes")))?;
+    let header_len = u64::from_le_bytes(prefix);
+    if header_len == 0 || header_len.saturating_add(8) > len {
+        return Err(bad(format!(
+            "not a safetensors file or truncated: header claims {header_len} bytes, file has {len}"
+        )));
+    }
+    Ok(())
+}
+
+impl SimpleBackend for Checkpoint {
+    fn get(
+        &self,
+        shape: Shape,
+        name: &str,
+        _: candle_nn::Init,
+        dtype: DType,
+        device: &Device,
+    ) -> candle_core::Result<Tensor> {
+        if let Some(actual) = self.names.get(name) {
+            let found = self.tensors.get(actual)?.shape().to_vec();
+            if found != shape.dims() {
+                let err = ModelError::ShapeMismatch {
+                    name: name.into(),
+                    expected: shape.dims().to_vec(),
+                    found,
+                };
+                return Err(candle_core::Error::Msg(err.to_string()));
+            }
+        }
+        self.load(name, dtype, device)
+    }
+
+    fn get_unchecked(&self, name: &str, dtype: DType, device: &Device) -> candle_core::Result<Tensor> {
+        self.load(name, dtype, device)
+    }
+
+    fn contains_tensor(&self, name: &str) -> bool {
+        self.contains(name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_layout_maps_to_the_legacy_names() {
+        let cases = [
+            ("language_model.model.layers.3.mlp.up_proj.weight", "language_model.model.layers.3.mlp.up_proj.weight"),
+            ("model.language_model.layers.3.mlp.up_proj.weight", "language_model.model.layers.3.mlp.up_proj.weight"),
+            ("lm_head.weight", "language_model.lm_head.weight"),
+            ("language_model.lm_head.weight", "language_model.lm_head.weight"),
+            ("vision_tower.vision_model.post_layernorm.bias", "vision_tower.vision_model.post_layernorm.bias"),
+            ("vision_tower.post_layernorm.bias", "vision_tower.vision_model.post_layernorm.bias"),
+            ("model.vision_tower.vision_model.encoder.layers.0.mlp.fc1.weight", "vision_tower.vision_model.encoder.layers.0.mlp.fc1.weight"),
+            ("model.vision_tower.encoder.layers.0.mlp.fc1.weight", "vision_tower.vision_model.encoder.layers.0.mlp.fc1.weight"),
+            ("model.multi_modal_projector.linear.bias", "multi_modal_projector.linear.bias"),
+            ("multi_modal_projector.linear.bias", "multi_modal_projector.linear.bias"),
+        ];
+        for (input, want) in cases {
+            assert_eq!(canonical_name(input), want, "{input}");
+        }
+    }
+}

@@ -1,0 +1,249 @@
+//! Gemma 1 and Gemma 2 decoders (transformers `modeling_gemma.py` / `modeling_gemma2.py`,
+//! spec §5), one implementation: the family is a config field, not a copied file.
+//!
+//! Checkpoint tree under `language_model.model.`: `embed_tokens`, `layers.N.{input_layernorm,
+//! self_attn.{q,k,v,o}_proj, post_attention_layernorm, mlp.{gate,up,down}_proj}` plus, for
+//! Gemma 2, `pre_feedforward_layernorm` and `post_feedforward_layernorm`; `norm`. In Gemma 1
+//! `post_attention_layernorm` is the pre-MLP norm; in Gemma 2 it is a real post-attention norm.
+//!
+//! The decoder holds weights only; per-sequence state lives in the caller's [`KvCache`].
+
+use candle_core::{DType, Device, IndexOp, Module, Result, Tensor};
+use candle_nn::VarBuilder;
+
+use crate::config::{DecoderFamily, LayerAttention, TextConfig};
+use crate::kv_cache::KvCache;
+use crate::layers::attention::{AttentionParams, attend};
+use crate::layers::linear::Linear;
+use crate::layers::mlp::GatedMlp;
+use crate::layers::norm::RmsNorm;
+use crate::layers::rope::Rope;
+use crate::layers::softcap;
+use crate::mask::MaskSpec;
+
+/// Which positions of a forward pass need logits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogitsRows {
+    /// Only the last token (generation).
+    Last,
+    /// Every token of the pass (scoring, parity tests).
+    All,
+}
+
+/// Inputs of one decoder forward pass over a single sequence.
+#[derive(Debug, Clone, Copy)]
+pub struct DecoderInput<'a> {
+    /// Input embeddings of the new tokens, `[T, hidden]` in the model dtype: scaled text
+    /// embeddings with the image soft tokens spliced in (see `PaliGemma::embed_prompt`).
+    pub embeds: &'a Tensor,
+    /// Length of the bidirectional prefix of the sequence (image + `<bos>` + prompt + `\n`).
+    pub prefix_len: usize,
+    pub logits: LogitsRows,
+}
+
+#[derive(Debug, Clone)]
+struct Attention {
+    q_proj: Linear,
+    k_proj: Linear,
+    v_proj: Linear,
+    o_proj: Linear,
+    heads: usize,
+    kv_heads: usize,
+    head_dim: usize,
+    scale: f64,
+    softcap: Option<f64>,
+    window: Option<usize>,
+}
+
+impl Attention {
+    fn new(cfg: &TextConfig, kind: LayerAttention, vb: VarBuilder<'_>) -> Result<Self> {
+        let (h, hd) = (cfg.hidden_size, cfg.head_dim);
+        let (heads, kv_heads) = (cfg.num_attention_heads, cfg.num_key_value_heads);
+        Ok(Self {
+            q_proj: Linear::new(h, heads * hd, false, vb.pp("q_proj"))?,
+            k_proj: Linear::new(h, kv_heads * hd, false, vb.pp("k_proj"))?,
+            v_proj: Linear::new(h, kv_heads * hd, false, vb.pp("v_proj"))?,
+            o_proj: Linear::new(heads * hd, h, false, vb.pp("o_proj"))?,
+            heads,
+            kv_heads,
+            head_dim: hd,
+            scale: cfg.query_pre_attn_scalar.powf(-0.5),
+            softcap: cfg.attn_logit_softcapping,
+            window: match kind {
+                LayerAttention::Full => None,
+                LayerAttention::Sliding { window } => Some(window),
+            },
+        })
+    }
+
+    fn forward(&self, x: &Tensor, ctx: &PassContext, layer: usize, kv: &mut dyn KvCache) -> Result<Tensor> {
+        let t = x.dim(0)?;
+        let heads_first = |y: Tensor, n: usize| -> Result<Tensor> {
+            y.reshape((t, n, self.head_dim))?.transpose(0, 1)?.contiguous()
+        };
+        let q = heads_first(self.q_proj.forward(x)?, self.heads)?;
+        let k = heads_first(self.k_proj.forward(x)?, self.kv_heads)?;
+        let v = heads_first(self.v_proj.forward(x)?, self.kv_heads)?;
+        let q = Rope::apply(&q, &ctx.cos, &ctx.sin)?;
+        let k = Rope::apply(&k, &ctx.cos, &ctx.sin)?;
+        let (k, v) = kv.append(layer, &k, &v)?;
+        let mask = if self.window.is_some() { ctx.sliding_mask.as_ref() } else { ctx.full_mask.as_ref() };
+        let params = AttentionParams { scale: self.scale, softcap: self.softcap, mask };
+        let out = attend(&q, &k, &v, params)?.transpose(0, 1)?.reshape((t, self.heads * self.head_dim))?;
+        self.o_proj.forward(&out)
+    }
+}
+
+#[derive(Debug, Clone)]
+struct DecoderLayer {
+    input_layernorm: RmsNorm,
+    self_attn: Attention,
+    post_attention_layernorm: RmsNorm,
+    /// Gemma 2 only.
+    pre_feedforward_layernorm: Option<RmsNorm>,
+    /// Gemma 2 only.
+    post_feedforward_layernorm: Option<RmsNorm>,
+    mlp: GatedMlp,
+}
+
+impl DecoderLayer {
+    fn new(cfg: &TextConfig, layer: usize, vb: VarBuilder<'_>) -> Result<Self> {
+        let (h, eps) = (cfg.hidden_size, cfg.rms_norm_eps);
+        let norm = |name: &str| RmsNorm::new(h, eps, vb.pp(name));
+        let gemma2 = cfg.family == DecoderFamily::Gemma2;
+        Ok(Self {
+            input_layernorm: norm("input_layernorm")?,
+            self_attn: Attention::new(cfg, cfg.layer_attention[layer], vb.pp("self_attn"))?,
+            post_attention_layernorm: norm("post_attention_layernorm")?,
+            pre_feedforward_layernorm: gemma2.then(|| norm("pre_feedforward_layernorm")).transpose()?,
+            post_feedforward_layernorm: gemma2.then(|| norm("post_feedforward_layernorm")).transpose()?,
+            mlp: GatedMlp::new(h, cfg.intermediate_size, vb.pp("mlp"))?,
+        })
+    }
+
+    fn forward(&self, x: &Tensor, ctx: &PassContext, layer: usize, kv: &mut dyn KvCache) -> Result<Tensor> {
+        let attn = self.self_attn.forward(&self.input_layernorm.forward(x)?, ctx, layer, kv)?;
+        match (&self.pre_feedforward_layernorm, &self.post_feedforward_layernorm) {
+            (Some(pre_ffw), Some(post_ffw)) => {
+                let h = (x + self.post_attention_layernorm.forward(&attn)?)?;
+                let m = self.mlp.forward(&pre_ffw.forward(&h)?)?;
+                &h + post_ffw.forward(&m)?
+            }
+            _ => {
+                let h = (x + attn)?;
+                let m = self.mlp.forward(&self.post_attention_layernorm.forward(&h)?)?;
+                &h + m
+            }
+        }
+    }
+}
+
+/// Per-pass values shared by all layers: RoPE tables and the two masks.
+struct PassContext {
+    cos: Tensor,
+    sin: Tensor,
+    full_mask: Option<Tensor>,
+    sliding_mask: Option<Tensor>,
+}
+
+/// The Gemma decoder with its tied LM head.
+#[derive(Debug, Clone)]
+pub struct GemmaDecoder {
+    embed_tokens: Tensor,
+    /// √hidden rounded to the model dtype, as a `[1]`-shaped tensor (spec §4).
+    embed_scale: Tensor,
+    layers: Vec<DecoderLayer>,
+    norm: RmsNorm,
+    lm_head: Linear,
+    rope: Rope,
+    cfg: TextConfig,
+    dtype: DType,
+    device: Device,
+}
+
+impl GemmaDecoder {
+    /// `vb` points at `language_model.model`; `lm_head` is the untied head if the checkpoint
+    /// has one (otherwise the embedding matrix is used, as Gemma ties them).
+    pub fn new(cfg: &TextConfig, vb: VarBuilder<'_>, lm_head: Option<Tensor>) -> Result<Self> {
+        let embed_tokens = vb.pp("embed_tokens").get((cfg.vocab_size, cfg.hidden_size), "weight")?;
+        let layers = (0..cfg.num_hidden_layers)
+            .map(|i| DecoderLayer::new(cfg, i, vb.pp("layers").pp(i)))
+            .collect::<Result<_>>()?;
+        let dtype = vb.dtype();
+        let device = vb.device().clone();
+        let embed_scale = Tensor::new(&[(cfg.hidden_size as f32).sqrt()], &device)?.to_dtype(dtype)?;
+        Ok(Self {
+            lm_head: Linear::from_weight(lm_head.unwrap_or_else(|| embed_tokens.clone()), None),
+            embed_tokens,
+            embed_scale,
+            layers,
+            norm: RmsNorm::new(cfg.hidden_size, cfg.rms_norm_eps, vb.pp("norm"))?,
+            rope: Rope::new(cfg.head_dim, cfg.rope_theta),
+            cfg: cfg.clone(),
+            dtype,
+            device,
+        })
+    }
+
+    pub fn config(&self) -> &TextConfig {
+        &self.cfg
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// Text embeddings `[T, hidden]`, multiplied by √hidden rounded to the model dtype.
+    ///
+    /// # Errors
+    /// An id outside the vocabulary.
+    pub fn embed_tokens(&self, ids: &[u32]) -> Result<Tensor> {
+        if let Some(bad) = ids.iter().find(|&&id| id as usize >= self.cfg.vocab_size) {
+            candle_core::bail!("token id {bad} is outside the vocabulary of {} rows", self.cfg.vocab_size);
+        }
+        let ids = Tensor::new(ids, &self.device)?;
+        self.embed_tokens.index_select(&ids, 0)?.broadcast_mul(&self.embed_scale)
+    }
+
+    /// Runs the new tokens through every layer, appending their keys/values to `kv`.
+    ///
+    /// Returns f32 logits `[rows, vocab_size]` (after Gemma 2's final softcap), one row per
+    /// position selected by `input.logits`. RoPE positions are 1-based, as in transformers.
+    pub fn forward(&self, input: &DecoderInput<'_>, kv: &mut dyn KvCache) -> Result<Tensor> {
+        let t = input.embeds.dim(0)?;
+        let past = kv.seq_len();
+        let positions: Vec<usize> = (past + 1..=past + t).collect();
+        let (cos, sin) = self.rope.cos_sin(&positions, self.dtype, &self.device)?;
+        let spec = MaskSpec { past_len: past, new_len: t, prefix_len: input.prefix_len };
+        let window = self.cfg.layer_attention.iter().find_map(|l| match l {
+            LayerAttention::Sliding { window } => Some(*window),
+            LayerAttention::Full => None,
+        });
+        let ctx = PassContext {
+            cos,
+            sin,
+            full_mask: spec.to_tensor(None, &self.device)?,
+            sliding_mask: match window {
+                Some(w) => spec.to_tensor(Some(w), &self.device)?,
+                None => None,
+            },
+        };
+        let mut h = input.embeds.to_dtype(self.dtype)?;
+        for (i, layer) in self.layers.iter().enumerate() {
+            h = layer.forward(&h, &ctx, i, kv)?;
+        }
+        let h = match input.logits {
+            LogitsRows::Last => h.i(t - 1..t)?,
+            LogitsRows::All => h,
+        };
+        let mut logits = self.lm_head.forward(&self.norm.forward(&h)?)?;
+        if let Some(cap) = self.cfg.final_logit_softcapping {
+            logits = softcap(&logits, cap)?;
+        }
+        logits.to_dtype(DType::F32)
+    }
+}

@@ -1,0 +1,26 @@
+//! Building blocks shared by the vision tower and the decoder. Each exists once; variants are
+//! parameters, not copies.
+
+pub mod attention;
+pub mod linear;
+pub mod mlp;
+pub mod norm;
+pub mod rope;
+
+use candle_core::{DType, Result, Tensor};
+
+/// GELU with the tanh approximation (`gelu_pytorch_tanh`).
+///
+/// Evaluated in f32 and rounded once to the input dtype, as PyTorch does for half types; candle's
+/// own bf16 kernel rounds after every intermediate operation.
+pub fn gelu_tanh(x: &Tensor) -> Result<Tensor> {
+    match x.dtype() {
+        DType::F32 | DType::F64 => x.gelu(),
+        dt => x.to_dtype(DType::F32)?.gelu()?.to_dtype(dt),
+    }
+}
+
+/// `cap * tanh(x / cap)`, each step in the tensor's dtype as transformers does it.
+pub fn softcap(x: &Tensor, cap: f64) -> Result<Tensor> {
+    (x / cap)?.tanh()? * cap
+}
