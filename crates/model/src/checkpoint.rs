@@ -71,9 +71,13 @@ impl ModelFiles {
 }
 
 fn shards_from_index(dir: &Path, index: &Path) -> Result<Vec<PathBuf>> {
-    let bad = |message: String| ModelError::BadFile { path: index.to_path_buf(), message };
+    let bad = |message: String| ModelError::BadFile {
+        path: index.to_path_buf(),
+        message,
+    };
     let text = std::fs::read_to_string(index).map_err(|e| bad(e.to_string()))?;
-    let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| bad(format!("invalid JSON: {e}")))?;
+    let json: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| bad(format!("invalid JSON: {e}")))?;
     let map = json
         .get("weight_map")
         .and_then(|m| m.as_object())
@@ -89,7 +93,9 @@ fn shards_from_index(dir: &Path, index: &Path) -> Result<Vec<PathBuf>> {
             if p.is_file() {
                 Ok(p)
             } else {
-                Err(bad(format!("shard `{f}` listed in weight_map does not exist")))
+                Err(bad(format!(
+                    "shard `{f}` listed in weight_map does not exist"
+                )))
             }
         })
         .collect()
@@ -138,10 +144,11 @@ impl Checkpoint {
         // SAFETY: the files are mapped read-only; as with every mmap-based loader, the caller must
         // not truncate or rewrite a checkpoint while a process serves from it.
         #[allow(unsafe_code)]
-        let tensors = unsafe { MmapedSafetensors::multi(files) }.map_err(|e| ModelError::BadFile {
-            path: files.first().cloned().unwrap_or_default(),
-            message: format!("cannot map safetensors: {e}"),
-        })?;
+        let tensors =
+            unsafe { MmapedSafetensors::multi(files) }.map_err(|e| ModelError::BadFile {
+                path: files.first().cloned().unwrap_or_default(),
+                message: format!("cannot map safetensors: {e}"),
+            })?;
         let mut names = HashMap::new();
         let mut total_bytes = 0u64;
         for (name, view) in tensors.tensors() {
@@ -165,7 +172,11 @@ impl Checkpoint {
         } else {
             ProgressBar::hidden()
         };
-        Ok(Self { tensors, names, progress })
+        Ok(Self {
+            tensors,
+            names,
+            progress,
+        })
     }
 
     pub fn contains(&self, canonical: &str) -> bool {
@@ -179,7 +190,12 @@ impl Checkpoint {
 
     fn load(&self, canonical: &str, dtype: DType, device: &Device) -> candle_core::Result<Tensor> {
         let Some(actual) = self.names.get(canonical) else {
-            return Err(candle_core::Error::Msg(ModelError::MissingTensor { name: canonical.into() }.to_string()));
+            return Err(candle_core::Error::Msg(
+                ModelError::MissingTensor {
+                    name: canonical.into(),
+                }
+                .to_string(),
+            ));
         };
         let view = self.tensors.get(actual)?;
         self.progress.inc(view.data().len() as u64);
@@ -190,7 +206,10 @@ impl Checkpoint {
 /// Rejects a truncated or garbage file with a clear message before mapping it.
 fn check_safetensors_header(path: &Path) -> Result<()> {
     use std::io::Read;
-    let bad = |message: String| ModelError::BadFile { path: path.to_path_buf(), message };
+    let bad = |message: String| ModelError::BadFile {
+        path: path.to_path_buf(),
+        message,
+    };
     let mut file = std::fs::File::open(path).map_err(|e| bad(e.to_string()))?;
     let len = file.metadata().map_err(|e| bad(e.to_string()))?.len();
     let mut prefix = [0u8; 8];
@@ -228,7 +247,12 @@ impl SimpleBackend for Checkpoint {
         self.load(name, dtype, device)
     }
 
-    fn get_unchecked(&self, name: &str, dtype: DType, device: &Device) -> candle_core::Result<Tensor> {
+    fn get_unchecked(
+        &self,
+        name: &str,
+        dtype: DType,
+        device: &Device,
+    ) -> candle_core::Result<Tensor> {
         self.load(name, dtype, device)
     }
 
@@ -244,16 +268,43 @@ mod tests {
     #[test]
     fn every_layout_maps_to_the_legacy_names() {
         let cases = [
-            ("language_model.model.layers.3.mlp.up_proj.weight", "language_model.model.layers.3.mlp.up_proj.weight"),
-            ("model.language_model.layers.3.mlp.up_proj.weight", "language_model.model.layers.3.mlp.up_proj.weight"),
+            (
+                "language_model.model.layers.3.mlp.up_proj.weight",
+                "language_model.model.layers.3.mlp.up_proj.weight",
+            ),
+            (
+                "model.language_model.layers.3.mlp.up_proj.weight",
+                "language_model.model.layers.3.mlp.up_proj.weight",
+            ),
             ("lm_head.weight", "language_model.lm_head.weight"),
-            ("language_model.lm_head.weight", "language_model.lm_head.weight"),
-            ("vision_tower.vision_model.post_layernorm.bias", "vision_tower.vision_model.post_layernorm.bias"),
-            ("vision_tower.post_layernorm.bias", "vision_tower.vision_model.post_layernorm.bias"),
-            ("model.vision_tower.vision_model.encoder.layers.0.mlp.fc1.weight", "vision_tower.vision_model.encoder.layers.0.mlp.fc1.weight"),
-            ("model.vision_tower.encoder.layers.0.mlp.fc1.weight", "vision_tower.vision_model.encoder.layers.0.mlp.fc1.weight"),
-            ("model.multi_modal_projector.linear.bias", "multi_modal_projector.linear.bias"),
-            ("multi_modal_projector.linear.bias", "multi_modal_projector.linear.bias"),
+            (
+                "language_model.lm_head.weight",
+                "language_model.lm_head.weight",
+            ),
+            (
+                "vision_tower.vision_model.post_layernorm.bias",
+                "vision_tower.vision_model.post_layernorm.bias",
+            ),
+            (
+                "vision_tower.post_layernorm.bias",
+                "vision_tower.vision_model.post_layernorm.bias",
+            ),
+            (
+                "model.vision_tower.vision_model.encoder.layers.0.mlp.fc1.weight",
+                "vision_tower.vision_model.encoder.layers.0.mlp.fc1.weight",
+            ),
+            (
+                "model.vision_tower.encoder.layers.0.mlp.fc1.weight",
+                "vision_tower.vision_model.encoder.layers.0.mlp.fc1.weight",
+            ),
+            (
+                "model.multi_modal_projector.linear.bias",
+                "multi_modal_projector.linear.bias",
+            ),
+            (
+                "multi_modal_projector.linear.bias",
+                "multi_modal_projector.linear.bias",
+            ),
         ];
         for (input, want) in cases {
             assert_eq!(canonical_name(input), want, "{input}");

@@ -28,7 +28,9 @@ pub enum LayerAttention {
     Full,
     /// Keys further than `window` tokens behind the query are masked, except inside the
     /// bidirectional prefix (HF-5 semantics, spec §6.5).
-    Sliding { window: usize },
+    Sliding {
+        window: usize,
+    },
 }
 
 /// Gemma decoder configuration, every value resolved.
@@ -183,7 +185,10 @@ impl PaliGemmaConfig {
         }
         let text = resolve_text(raw.text_config)?;
         let vision = resolve_vision(raw.vision_config)?;
-        let image_token_index = raw.image_token_index.or(raw.image_token_id).unwrap_or(256_000);
+        let image_token_index = raw
+            .image_token_index
+            .or(raw.image_token_id)
+            .unwrap_or(256_000);
         let eos_token_ids = match raw.eos_token_id {
             None => vec![1],
             Some(Value::Number(n)) => vec![as_u32(&n, "eos_token_id")?],
@@ -255,13 +260,19 @@ impl PaliGemmaConfig {
         if v.hidden_size % v.num_attention_heads != 0 {
             return Err(ModelError::config(
                 "vision_config.num_attention_heads",
-                format!("hidden_size {} is not divisible by {} heads", v.hidden_size, v.num_attention_heads),
+                format!(
+                    "hidden_size {} is not divisible by {} heads",
+                    v.hidden_size, v.num_attention_heads
+                ),
             ));
         }
         if v.image_size % v.patch_size != 0 {
             return Err(ModelError::config(
                 "vision_config.patch_size",
-                format!("image_size {} is not a multiple of patch_size {}", v.image_size, v.patch_size),
+                format!(
+                    "image_size {} is not a multiple of patch_size {}",
+                    v.image_size, v.patch_size
+                ),
             ));
         }
         if self.projection_dim != t.hidden_size {
@@ -276,11 +287,17 @@ impl PaliGemmaConfig {
         if self.image_token_index as usize >= t.vocab_size {
             return Err(ModelError::config(
                 "image_token_index",
-                format!("{} is outside the text vocabulary ({} rows)", self.image_token_index, t.vocab_size),
+                format!(
+                    "{} is outside the text vocabulary ({} rows)",
+                    self.image_token_index, t.vocab_size
+                ),
             ));
         }
         if t.head_dim % 2 != 0 {
-            return Err(ModelError::config("text_config.head_dim", "RoPE needs an even head_dim"));
+            return Err(ModelError::config(
+                "text_config.head_dim",
+                "RoPE needs an even head_dim",
+            ));
         }
         Ok(())
     }
@@ -292,7 +309,10 @@ fn as_u32(n: &serde_json::Number, field: &str) -> Result<u32> {
         .ok_or_else(|| ModelError::config(field, format!("{n} is not a token id")))
 }
 
-fn parse_section<T: for<'de> Deserialize<'de> + Default>(value: Option<Value>, field: &str) -> Result<T> {
+fn parse_section<T: for<'de> Deserialize<'de> + Default>(
+    value: Option<Value>,
+    field: &str,
+) -> Result<T> {
     match value {
         None | Some(Value::Null) => Ok(T::default()),
         Some(v) => serde_json::from_value(v).map_err(|e| ModelError::config(field, e.to_string())),
@@ -303,7 +323,9 @@ fn parse_section<T: for<'de> Deserialize<'de> + Default>(value: Option<Value>, f
 fn check_activation(field: &str, value: Option<&str>) -> Result<()> {
     match value {
         // Legacy Gemma configs say "gelu" but were trained with the tanh approximation (spec §11).
-        None | Some("gelu_pytorch_tanh" | "gelu_tanh" | "gelu" | "gelu_new" | "gelu_fast") => Ok(()),
+        None | Some("gelu_pytorch_tanh" | "gelu_tanh" | "gelu" | "gelu_new" | "gelu_fast") => {
+            Ok(())
+        }
         Some(other) => Err(ModelError::config(
             field,
             format!("activation `{other}` is not supported (PaliGemma uses gelu_pytorch_tanh)"),
@@ -332,21 +354,36 @@ fn resolve_text(value: Option<Value>) -> Result<TextConfig> {
         }
     }
     check_activation("text_config.hidden_act", raw.hidden_act.as_deref())?;
-    check_activation("text_config.hidden_activation", raw.hidden_activation.as_deref())?;
+    check_activation(
+        "text_config.hidden_activation",
+        raw.hidden_activation.as_deref(),
+    )?;
     if raw.attention_bias == Some(true) {
-        return Err(ModelError::config("text_config.attention_bias", "attention biases are not supported"));
+        return Err(ModelError::config(
+            "text_config.attention_bias",
+            "attention biases are not supported",
+        ));
     }
     let rope_theta = resolve_rope_theta(&raw)?;
     // The PaliGemma config class builds a Gemma 2B-shaped text config when none is given;
     // the individual defaults below are those of GemmaConfig / Gemma2Config (transformers 5.x).
     let gemma2 = family == DecoderFamily::Gemma2;
     let head_dim = raw.head_dim.unwrap_or(256);
-    let num_hidden_layers = raw.num_hidden_layers.unwrap_or(if gemma2 { 26 } else { 28 });
+    let num_hidden_layers = raw
+        .num_hidden_layers
+        .unwrap_or(if gemma2 { 26 } else { 28 });
     let layer_attention = if gemma2 {
         let window = raw.sliding_window.unwrap_or(4096);
         let types: Vec<String> = raw.layer_types.clone().unwrap_or_else(|| {
             (0..num_hidden_layers)
-                .map(|i| if (i + 1) % 2 == 1 { "sliding_attention" } else { "full_attention" }.to_string())
+                .map(|i| {
+                    if (i + 1) % 2 == 1 {
+                        "sliding_attention"
+                    } else {
+                        "full_attention"
+                    }
+                    .to_string()
+                })
                 .collect()
         });
         if types.len() != num_hidden_layers {
@@ -369,18 +406,30 @@ fn resolve_text(value: Option<Value>) -> Result<TextConfig> {
     } else {
         vec![LayerAttention::Full; num_hidden_layers]
     };
-    if layer_attention.iter().any(|l| matches!(l, LayerAttention::Sliding { window: 0 })) {
-        return Err(ModelError::config("text_config.sliding_window", "must be positive"));
+    if layer_attention
+        .iter()
+        .any(|l| matches!(l, LayerAttention::Sliding { window: 0 }))
+    {
+        return Err(ModelError::config(
+            "text_config.sliding_window",
+            "must be positive",
+        ));
     }
     let positive_cap = |v: Option<f64>| v.filter(|c| *c > 0.0);
     Ok(TextConfig {
         family,
         vocab_size: raw.vocab_size.unwrap_or(256_000),
         hidden_size: raw.hidden_size.unwrap_or(if gemma2 { 2304 } else { 3072 }),
-        intermediate_size: raw.intermediate_size.unwrap_or(if gemma2 { 9216 } else { 24576 }),
+        intermediate_size: raw
+            .intermediate_size
+            .unwrap_or(if gemma2 { 9216 } else { 24576 }),
         num_hidden_layers,
-        num_attention_heads: raw.num_attention_heads.unwrap_or(if gemma2 { 8 } else { 16 }),
-        num_key_value_heads: raw.num_key_value_heads.unwrap_or(if gemma2 { 4 } else { 16 }),
+        num_attention_heads: raw
+            .num_attention_heads
+            .unwrap_or(if gemma2 { 8 } else { 16 }),
+        num_key_value_heads: raw
+            .num_key_value_heads
+            .unwrap_or(if gemma2 { 4 } else { 16 }),
         head_dim,
         max_position_embeddings: raw.max_position_embeddings.unwrap_or(8192),
         rms_norm_eps: raw.rms_norm_eps.unwrap_or(1e-6),
@@ -408,8 +457,13 @@ fn resolve_text(value: Option<Value>) -> Result<TextConfig> {
 /// (unscaled) rope type exists in PaliGemma checkpoints.
 fn resolve_rope_theta(raw: &RawText) -> Result<f64> {
     let mut theta = raw.rope_theta;
-    for (field, params) in [("rope_parameters", &raw.rope_parameters), ("rope_scaling", &raw.rope_scaling)] {
-        let Some(Value::Object(map)) = params else { continue };
+    for (field, params) in [
+        ("rope_parameters", &raw.rope_parameters),
+        ("rope_scaling", &raw.rope_scaling),
+    ] {
+        let Some(Value::Object(map)) = params else {
+            continue;
+        };
         if let Some(kind) = map.get("rope_type").or_else(|| map.get("type")) {
             if kind.as_str() != Some("default") {
                 return Err(ModelError::config(
@@ -424,7 +478,10 @@ fn resolve_rope_theta(raw: &RawText) -> Result<f64> {
     }
     let theta = theta.unwrap_or(10_000.0);
     if theta <= 0.0 {
-        return Err(ModelError::config("text_config.rope_theta", "must be positive"));
+        return Err(ModelError::config(
+            "text_config.rope_theta",
+            "must be positive",
+        ));
     }
     Ok(theta)
 }
@@ -476,7 +533,10 @@ mod tests {
         assert_eq!(c.text.rope_theta, 10_000.0);
         assert_eq!(c.text.query_pre_attn_scalar, 256.0);
         assert_eq!(c.text.attn_logit_softcapping, None);
-        assert_eq!(c.vision.image_size, 224, "224 variants omit image_size; the class default applies");
+        assert_eq!(
+            c.vision.image_size, 224,
+            "224 variants omit image_size; the class default applies"
+        );
         assert_eq!(c.num_image_tokens(), 256);
         assert_eq!(c.image_token_index, 257_152);
         assert_eq!(c.eos_token_ids, vec![1]);
@@ -493,13 +553,18 @@ mod tests {
         assert_eq!(c.text.attn_logit_softcapping, Some(50.0));
         assert_eq!(c.text.final_logit_softcapping, Some(30.0));
         let sliding = LayerAttention::Sliding { window: 4096 };
-        assert_eq!(c.text.layer_attention, vec![sliding, LayerAttention::Full, sliding, LayerAttention::Full]);
+        assert_eq!(
+            c.text.layer_attention,
+            vec![sliding, LayerAttention::Full, sliding, LayerAttention::Full]
+        );
         assert_eq!(c.num_image_tokens(), 4096);
     }
 
     #[test]
     fn unknown_model_type_is_named_in_the_error() {
-        let err = PaliGemmaConfig::from_json(r#"{"model_type":"llava"}"#).unwrap_err().to_string();
+        let err = PaliGemmaConfig::from_json(r#"{"model_type":"llava"}"#)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("model_type") && err.contains("llava"), "{err}");
         let err = PaliGemmaConfig::from_json(
             r#"{"model_type":"paligemma","text_config":{"model_type":"llama"}}"#,
@@ -528,8 +593,16 @@ mod tests {
           "text_config":{"hidden_size":64,"vocab_size":300,"head_dim":16,
              "rope_parameters":{"rope_type":"default","rope_theta":500.0}},
           "vision_config":{"patch_size":8,"image_size":32}}"#;
-        assert_eq!(PaliGemmaConfig::from_json(json).unwrap().text.rope_theta, 500.0);
+        assert_eq!(
+            PaliGemmaConfig::from_json(json).unwrap().text.rope_theta,
+            500.0
+        );
         let bad = json.replace("\"default\"", "\"linear\"");
-        assert!(PaliGemmaConfig::from_json(&bad).unwrap_err().to_string().contains("rope_type"));
+        assert!(
+            PaliGemmaConfig::from_json(&bad)
+                .unwrap_err()
+                .to_string()
+                .contains("rope_type")
+        );
     }
 }

@@ -19,10 +19,14 @@ pub enum ModelError {
     #[error("config.json: field `{field}`: {message}")]
     Config { field: String, message: String },
     /// A tensor the config requires is absent from every weight file.
-    #[error("checkpoint has no tensor `{name}` (looked for it under the legacy and the newer Hugging Face names)")]
+    #[error(
+        "checkpoint has no tensor `{name}` (looked for it under the legacy and the newer Hugging Face names)"
+    )]
     MissingTensor { name: String },
     /// A tensor's shape disagrees with what config.json implies.
-    #[error("tensor `{name}` has shape {found:?} in the checkpoint but config.json implies {expected:?}")]
+    #[error(
+        "tensor `{name}` has shape {found:?} in the checkpoint but config.json implies {expected:?}"
+    )]
     ShapeMismatch {
         name: String,
         expected: Vec<usize>,

@@ -76,10 +76,18 @@ impl Attention {
         })
     }
 
-    fn forward(&self, x: &Tensor, ctx: &PassContext, layer: usize, kv: &mut dyn KvCache) -> Result<Tensor> {
+    fn forward(
+        &self,
+        x: &Tensor,
+        ctx: &PassContext,
+        layer: usize,
+        kv: &mut dyn KvCache,
+    ) -> Result<Tensor> {
         let t = x.dim(0)?;
         let heads_first = |y: Tensor, n: usize| -> Result<Tensor> {
-            y.reshape((t, n, self.head_dim))?.transpose(0, 1)?.contiguous()
+            y.reshape((t, n, self.head_dim))?
+                .transpose(0, 1)?
+                .contiguous()
         };
         let q = heads_first(self.q_proj.forward(x)?, self.heads)?;
         let k = heads_first(self.k_proj.forward(x)?, self.kv_heads)?;
@@ -87,9 +95,19 @@ impl Attention {
         let q = Rope::apply(&q, &ctx.cos, &ctx.sin)?;
         let k = Rope::apply(&k, &ctx.cos, &ctx.sin)?;
         let (k, v) = kv.append(layer, &k, &v)?;
-        let mask = if self.window.is_some() { ctx.sliding_mask.as_ref() } else { ctx.full_mask.as_ref() };
-        let params = AttentionParams { scale: self.scale, softcap: self.softcap, mask };
-        let out = attend(&q, &k, &v, params)?.transpose(0, 1)?.reshape((t, self.heads * self.head_dim))?;
+        let mask = if self.window.is_some() {
+            ctx.sliding_mask.as_ref()
+        } else {
+            ctx.full_mask.as_ref()
+        };
+        let params = AttentionParams {
+            scale: self.scale,
+            softcap: self.softcap,
+            mask,
+        };
+        let out = attend(&q, &k, &v, params)?
+            .transpose(0, 1)?
+            .reshape((t, self.heads * self.head_dim))?;
         self.o_proj.forward(&out)
     }
 }
@@ -115,15 +133,30 @@ impl DecoderLayer {
             input_layernorm: norm("input_layernorm")?,
             self_attn: Attention::new(cfg, cfg.layer_attention[layer], vb.pp("self_attn"))?,
             post_attention_layernorm: norm("post_attention_layernorm")?,
-            pre_feedforward_layernorm: gemma2.then(|| norm("pre_feedforward_layernorm")).transpose()?,
-            post_feedforward_layernorm: gemma2.then(|| norm("post_feedforward_layernorm")).transpose()?,
+            pre_feedforward_layernorm: gemma2
+                .then(|| norm("pre_feedforward_layernorm"))
+                .transpose()?,
+            post_feedforward_layernorm: gemma2
+                .then(|| norm("post_feedforward_layernorm"))
+                .transpose()?,
             mlp: GatedMlp::new(h, cfg.intermediate_size, vb.pp("mlp"))?,
         })
     }
 
-    fn forward(&self, x: &Tensor, ctx: &PassContext, layer: usize, kv: &mut dyn KvCache) -> Result<Tensor> {
-        let attn = self.self_attn.forward(&self.input_layernorm.forward(x)?, ctx, layer, kv)?;
-        match (&self.pre_feedforward_layernorm, &self.post_feedforward_layernorm) {
+    fn forward(
+        &self,
+        x: &Tensor,
+        ctx: &PassContext,
+        layer: usize,
+        kv: &mut dyn KvCache,
+    ) -> Result<Tensor> {
+        let attn = self
+            .self_attn
+            .forward(&self.input_layernorm.forward(x)?, ctx, layer, kv)?;
+        match (
+            &self.pre_feedforward_layernorm,
+            &self.post_feedforward_layernorm,
+        ) {
             (Some(pre_ffw), Some(post_ffw)) => {
                 let h = (x + self.post_attention_layernorm.forward(&attn)?)?;
                 let m = self.mlp.forward(&pre_ffw.forward(&h)?)?;
@@ -131,7 +164,9 @@ impl DecoderLayer {
             }
             _ => {
                 let h = (x + attn)?;
-                let m = self.mlp.forward(&self.post_attention_layernorm.forward(&h)?)?;
+                let m = self
+                    .mlp
+                    .forward(&self.post_attention_layernorm.forward(&h)?)?;
                 &h + m
             }
         }
@@ -165,13 +200,16 @@ impl GemmaDecoder {
     /// `vb` points at `language_model.model`; `lm_head` is the untied head if the checkpoint
     /// has one (otherwise the embedding matrix is used, as Gemma ties them).
     pub fn new(cfg: &TextConfig, vb: VarBuilder<'_>, lm_head: Option<Tensor>) -> Result<Self> {
-        let embed_tokens = vb.pp("embed_tokens").get((cfg.vocab_size, cfg.hidden_size), "weight")?;
+        let embed_tokens = vb
+            .pp("embed_tokens")
+            .get((cfg.vocab_size, cfg.hidden_size), "weight")?;
         let layers = (0..cfg.num_hidden_layers)
             .map(|i| DecoderLayer::new(cfg, i, vb.pp("layers").pp(i)))
             .collect::<Result<_>>()?;
         let dtype = vb.dtype();
         let device = vb.device().clone();
-        let embed_scale = Tensor::new(&[(cfg.hidden_size as f32).sqrt()], &device)?.to_dtype(dtype)?;
+        let embed_scale =
+            Tensor::new(&[(cfg.hidden_size as f32).sqrt()], &device)?.to_dtype(dtype)?;
         Ok(Self {
             lm_head: Linear::from_weight(lm_head.unwrap_or_else(|| embed_tokens.clone()), None),
             embed_tokens,
@@ -203,10 +241,15 @@ impl GemmaDecoder {
     /// An id outside the vocabulary.
     pub fn embed_tokens(&self, ids: &[u32]) -> Result<Tensor> {
         if let Some(bad) = ids.iter().find(|&&id| id as usize >= self.cfg.vocab_size) {
-            candle_core::bail!("token id {bad} is outside the vocabulary of {} rows", self.cfg.vocab_size);
+            candle_core::bail!(
+                "token id {bad} is outside the vocabulary of {} rows",
+                self.cfg.vocab_size
+            );
         }
         let ids = Tensor::new(ids, &self.device)?;
-        self.embed_tokens.index_select(&ids, 0)?.broadcast_mul(&self.embed_scale)
+        self.embed_tokens
+            .index_select(&ids, 0)?
+            .broadcast_mul(&self.embed_scale)
     }
 
     /// Runs the new tokens through every layer, appending their keys/values to `kv`.
@@ -218,7 +261,11 @@ impl GemmaDecoder {
         let past = kv.seq_len();
         let positions: Vec<usize> = (past + 1..=past + t).collect();
         let (cos, sin) = self.rope.cos_sin(&positions, self.dtype, &self.device)?;
-        let spec = MaskSpec { past_len: past, new_len: t, prefix_len: input.prefix_len };
+        let spec = MaskSpec {
+            past_len: past,
+            new_len: t,
+            prefix_len: input.prefix_len,
+        };
         let window = self.cfg.layer_attention.iter().find_map(|l| match l {
             LayerAttention::Sliding { window } => Some(*window),
             LayerAttention::Full => None,

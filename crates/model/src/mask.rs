@@ -63,7 +63,13 @@ mod tests {
         (0..spec.new_len)
             .map(|qi| {
                 (0..spec.kv_len())
-                    .map(|k| if spec.allowed(spec.past_len + qi, k, window) { '1' } else { '.' })
+                    .map(|k| {
+                        if spec.allowed(spec.past_len + qi, k, window) {
+                            '1'
+                        } else {
+                            '.'
+                        }
+                    })
                     .collect()
             })
             .collect()
@@ -71,16 +77,31 @@ mod tests {
 
     #[test]
     fn prefix_is_bidirectional_and_suffix_causal() {
-        let spec = MaskSpec { past_len: 0, new_len: 5, prefix_len: 3 };
-        assert_eq!(pattern(spec, None), ["111..", "111..", "111..", "1111.", "11111"]);
+        let spec = MaskSpec {
+            past_len: 0,
+            new_len: 5,
+            prefix_len: 3,
+        };
+        assert_eq!(
+            pattern(spec, None),
+            ["111..", "111..", "111..", "1111.", "11111"]
+        );
     }
 
     #[test]
     fn prefix_only_prefill_and_decode_need_no_mask() -> Result<()> {
         let dev = Device::Cpu;
-        let prefill = MaskSpec { past_len: 0, new_len: 6, prefix_len: 6 };
+        let prefill = MaskSpec {
+            past_len: 0,
+            new_len: 6,
+            prefix_len: 6,
+        };
         assert!(prefill.to_tensor(None, &dev)?.is_none());
-        let decode = MaskSpec { past_len: 6, new_len: 1, prefix_len: 6 };
+        let decode = MaskSpec {
+            past_len: 6,
+            new_len: 1,
+            prefix_len: 6,
+        };
         assert!(decode.to_tensor(None, &dev)?.is_none());
         Ok(())
     }
@@ -88,12 +109,20 @@ mod tests {
     #[test]
     fn sliding_window_spares_the_prefix_block_only() {
         // Prefix of 4, window 2: prefix tokens see the whole prefix; later tokens see 2 keys.
-        let spec = MaskSpec { past_len: 0, new_len: 6, prefix_len: 4 };
+        let spec = MaskSpec {
+            past_len: 0,
+            new_len: 6,
+            prefix_len: 4,
+        };
         assert_eq!(
             pattern(spec, Some(2)),
             ["1111..", "1111..", "1111..", "1111..", "...11.", "....11"]
         );
-        let decode = MaskSpec { past_len: 6, new_len: 1, prefix_len: 4 };
+        let decode = MaskSpec {
+            past_len: 6,
+            new_len: 1,
+            prefix_len: 4,
+        };
         assert_eq!(pattern(decode, Some(2)), [".....11"]);
     }
 }

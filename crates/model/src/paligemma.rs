@@ -27,7 +27,11 @@ pub struct LoadOptions {
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        Self { dtype: DType::F32, device: Device::Cpu, show_progress: false }
+        Self {
+            dtype: DType::F32,
+            device: Device::Cpu,
+            show_progress: false,
+        }
     }
 }
 
@@ -50,14 +54,21 @@ impl PaliGemma {
     pub fn load(files: &ModelFiles, opts: &LoadOptions) -> Result<Self> {
         let config = PaliGemmaConfig::from_file(&files.config)?;
         if !matches!(opts.dtype, DType::F32 | DType::BF16 | DType::F16) {
-            return Err(ModelError::Input(format!("dtype {:?} is not supported (use f32 or bf16)", opts.dtype)));
+            return Err(ModelError::Input(format!(
+                "dtype {:?} is not supported (use f32 or bf16)",
+                opts.dtype
+            )));
         }
         let checkpoint = Checkpoint::open(&files.weights, opts.show_progress)?;
         let model = Self::from_checkpoint(config, checkpoint, opts);
         model
     }
 
-    fn from_checkpoint(config: PaliGemmaConfig, checkpoint: Checkpoint, opts: &LoadOptions) -> Result<Self> {
+    fn from_checkpoint(
+        config: PaliGemmaConfig,
+        checkpoint: Checkpoint,
+        opts: &LoadOptions,
+    ) -> Result<Self> {
         let has_lm_head = checkpoint.contains("language_model.lm_head.weight");
         let vb = VarBuilder::from_backend(Box::new(checkpoint), opts.dtype, opts.device.clone());
         let model = Self::new(config, vb, has_lm_head);
@@ -78,12 +89,20 @@ impl PaliGemma {
             vb.pp("multi_modal_projector.linear"),
         )?;
         let lm_head = if untied_lm_head {
-            Some(vb.pp("language_model.lm_head").get((text.vocab_size, text.hidden_size), "weight")?)
+            Some(
+                vb.pp("language_model.lm_head")
+                    .get((text.vocab_size, text.hidden_size), "weight")?,
+            )
         } else {
             None
         };
         let decoder = GemmaDecoder::new(text, vb.pp("language_model.model"), lm_head)?;
-        Ok(Self { config, vision, projector, decoder })
+        Ok(Self {
+            config,
+            vision,
+            projector,
+            decoder,
+        })
     }
 
     pub fn config(&self) -> &PaliGemmaConfig {

@@ -48,7 +48,10 @@ impl Embeddings {
         let (b, c, height, width) = pixels.dims4()?;
         let p = self.patch_size;
         if c != self.channels {
-            candle_core::bail!("pixel_values has {c} channels, the vision tower expects {}", self.channels);
+            candle_core::bail!(
+                "pixel_values has {c} channels, the vision tower expects {}",
+                self.channels
+            );
         }
         let (gh, gw) = (height / p, width / p);
         let patches = pixels
@@ -99,7 +102,11 @@ impl SelfAttention {
         let q = split(self.q_proj.forward(x)?)?;
         let k = split(self.k_proj.forward(x)?)?;
         let v = split(self.v_proj.forward(x)?)?;
-        let params = AttentionParams { scale: self.scale, softcap: None, mask: None };
+        let params = AttentionParams {
+            scale: self.scale,
+            softcap: None,
+            mask: None,
+        };
         let out = attend(&q, &k, &v, params)?
             .reshape((images, self.heads, n, head_dim))?
             .transpose(1, 2)?
@@ -128,7 +135,9 @@ impl EncoderLayer {
     }
 
     fn forward(&self, x: &Tensor, images: usize) -> Result<Tensor> {
-        let h = (x + self.self_attn.forward(&self.layer_norm1.forward(x)?, images)?)?;
+        let h = (x + self
+            .self_attn
+            .forward(&self.layer_norm1.forward(x)?, images)?)?;
         &h + self.mlp.forward(&self.layer_norm2.forward(&h)?)?
     }
 }
@@ -151,7 +160,11 @@ impl VisionTower {
         Ok(Self {
             embeddings: Embeddings::new(cfg, vb.pp("embeddings"))?,
             layers,
-            post_layernorm: LayerNorm::new(cfg.hidden_size, cfg.layer_norm_eps, vb.pp("post_layernorm"))?,
+            post_layernorm: LayerNorm::new(
+                cfg.hidden_size,
+                cfg.layer_norm_eps,
+                vb.pp("post_layernorm"),
+            )?,
             image_size: cfg.image_size,
         })
     }
@@ -171,6 +184,8 @@ impl VisionTower {
         for layer in &self.layers {
             h = layer.forward(&h, images)?;
         }
-        self.post_layernorm.forward(&h)?.reshape((images, n, hidden))
+        self.post_layernorm
+            .forward(&h)?
+            .reshape((images, n, hidden))
     }
 }

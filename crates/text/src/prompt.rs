@@ -26,10 +26,15 @@ impl PromptLayout {
     /// # Errors
     /// A prompt containing the literal `<image>` placeholder (images travel separately), or a
     /// tokenizer failure.
-    pub fn build(tokenizer: &Tokenizer, prompt: &str, num_image_tokens: usize) -> Result<Self, TextError> {
+    pub fn build(
+        tokenizer: &Tokenizer,
+        prompt: &str,
+        num_image_tokens: usize,
+    ) -> Result<Self, TextError> {
         if prompt.contains("<image>") {
             return Err(TextError::Prompt(
-                "must not contain `<image>`: images are passed separately and placed before <bos>".into(),
+                "must not contain `<image>`: images are passed separately and placed before <bos>"
+                    .into(),
             ));
         }
         let text = tokenizer.encode(&format!("{prompt}\n"))?;
@@ -37,7 +42,10 @@ impl PromptLayout {
         ids.extend(std::iter::repeat_n(tokenizer.image_id(), num_image_tokens));
         ids.push(tokenizer.bos_id());
         ids.extend(text);
-        Ok(Self { ids, num_image_tokens })
+        Ok(Self {
+            ids,
+            num_image_tokens,
+        })
     }
 
     /// Length of the bidirectional prefix: the whole prompt.

@@ -49,7 +49,11 @@ impl Tokenizer {
     }
 
     fn new(inner: tokenizers::Tokenizer) -> Result<Self, TextError> {
-        let id = |token: &'static str| inner.token_to_id(token).ok_or(TextError::MissingToken(token));
+        let id = |token: &'static str| {
+            inner
+                .token_to_id(token)
+                .ok_or(TextError::MissingToken(token))
+        };
         Ok(Self {
             bos: id("<bos>")?,
             eos: id("<eos>")?,

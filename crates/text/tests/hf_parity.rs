@@ -12,16 +12,22 @@ fn fixtures() -> PathBuf {
 }
 
 fn tokenizer() -> Tokenizer {
-    Tokenizer::from_file(&fixtures().join("models/pg1-32/tokenizer.json")).expect("fixture tokenizer loads")
+    Tokenizer::from_file(&fixtures().join("models/pg1-32/tokenizer.json"))
+        .expect("fixture tokenizer loads")
 }
 
 fn cases() -> Value {
-    let text = std::fs::read_to_string(fixtures().join("reference/tokenizer_cases.json")).expect("cases file");
+    let text = std::fs::read_to_string(fixtures().join("reference/tokenizer_cases.json"))
+        .expect("cases file");
     serde_json::from_str(&text).expect("cases JSON")
 }
 
 fn ids(v: &Value) -> Vec<u32> {
-    v.as_array().expect("id list").iter().map(|x| x.as_u64().expect("id") as u32).collect()
+    v.as_array()
+        .expect("id list")
+        .iter()
+        .map(|x| x.as_u64().expect("id") as u32)
+        .collect()
 }
 
 #[test]
@@ -35,7 +41,11 @@ fn encode_and_decode_match_transformers() {
         let want = ids(&case["ids"]);
         assert_eq!(tok.encode(text).expect("encode"), want, "encode({text:?})");
         let decoded = tok.decode(&want, true).expect("decode");
-        assert_eq!(decoded, case["decoded"].as_str().expect("decoded"), "decode of {text:?}");
+        assert_eq!(
+            decoded,
+            case["decoded"].as_str().expect("decoded"),
+            "decode of {text:?}"
+        );
     }
 }
 
@@ -55,7 +65,9 @@ fn prompt_ids_equal_the_processor_input_ids() {
 #[test]
 fn every_loc_and_seg_token_round_trips_as_one_id() {
     let tok = tokenizer();
-    let names = (0..1024).map(|i| format!("<loc{i:04}>")).chain((0..128).map(|i| format!("<seg{i:03}>")));
+    let names = (0..1024)
+        .map(|i| format!("<loc{i:04}>"))
+        .chain((0..128).map(|i| format!("<seg{i:03}>")));
     let mut seen = std::collections::HashSet::new();
     for name in names {
         let ids = tok.encode(&name).expect("encode");
@@ -64,8 +76,17 @@ fn every_loc_and_seg_token_round_trips_as_one_id() {
         assert_eq!(tok.decode(&ids, true).expect("decode"), name);
     }
     // Inline with text, each piece stays one token.
-    let ids = tok.encode("<loc0012><loc1023><seg005> cat").expect("encode");
-    assert_eq!(&ids[..3], &[tok.token_to_id("<loc0012>").unwrap(), tok.token_to_id("<loc1023>").unwrap(), tok.token_to_id("<seg005>").unwrap()]);
+    let ids = tok
+        .encode("<loc0012><loc1023><seg005> cat")
+        .expect("encode");
+    assert_eq!(
+        &ids[..3],
+        &[
+            tok.token_to_id("<loc0012>").unwrap(),
+            tok.token_to_id("<loc1023>").unwrap(),
+            tok.token_to_id("<seg005>").unwrap()
+        ]
+    );
 }
 
 #[test]
@@ -77,7 +98,10 @@ fn image_placeholder_in_prompt_text_is_rejected() {
 #[test]
 fn missing_or_corrupt_tokenizer_file_is_a_clear_error() {
     let err = Tokenizer::from_file(Path::new("/nonexistent/tokenizer.json")).unwrap_err();
-    assert!(err.to_string().contains("/nonexistent/tokenizer.json"), "{err}");
+    assert!(
+        err.to_string().contains("/nonexistent/tokenizer.json"),
+        "{err}"
+    );
     let err = Tokenizer::from_bytes(b"{not json").unwrap_err();
     assert!(err.to_string().contains("cannot load tokenizer"), "{err}");
 }

@@ -70,7 +70,11 @@ mod tests {
         let q = Tensor::randn(0f32, 1.0, (4, 3, 8), &dev)?;
         let k = Tensor::randn(0f32, 1.0, (2, 5, 8), &dev)?;
         let v = Tensor::randn(0f32, 1.0, (2, 5, 8), &dev)?;
-        let p = AttentionParams { scale: 0.3, softcap: None, mask: None };
+        let p = AttentionParams {
+            scale: 0.3,
+            softcap: None,
+            mask: None,
+        };
         let got = attend(&q, &k, &v, p)?;
         let want = naive(&q, &k, &v, 0.3)?;
         let diff = (got - want)?.abs()?.max_all()?.to_scalar::<f32>()?;
@@ -85,7 +89,11 @@ mod tests {
         let k = Tensor::randn(0f32, 1.0, (1, 2, 4), &dev)?;
         let v = Tensor::new(&[[[1f32, 1., 1., 1.], [5., 5., 5., 5.]]], &dev)?;
         let mask = Tensor::new(&[[0f32, f32::NEG_INFINITY]], &dev)?;
-        let p = AttentionParams { scale: 1.0, softcap: None, mask: Some(&mask) };
+        let p = AttentionParams {
+            scale: 1.0,
+            softcap: None,
+            mask: Some(&mask),
+        };
         let out = attend(&q, &k, &v, p)?.flatten_all()?.to_vec1::<f32>()?;
         assert_eq!(out, vec![1.0; 4]);
         Ok(())

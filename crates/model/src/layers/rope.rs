@@ -25,7 +25,12 @@ impl Rope {
     }
 
     /// cos and sin tables `[positions.len(), head_dim / 2]` in `dtype`.
-    pub fn cos_sin(&self, positions: &[usize], dtype: DType, device: &Device) -> Result<(Tensor, Tensor)> {
+    pub fn cos_sin(
+        &self,
+        positions: &[usize],
+        dtype: DType,
+        device: &Device,
+    ) -> Result<(Tensor, Tensor)> {
         let half = self.inv_freq.len();
         let mut cos = Vec::with_capacity(positions.len() * half);
         let mut sin = Vec::with_capacity(positions.len() * half);
@@ -58,7 +63,9 @@ mod tests {
         let rope = Rope::new(4, 10_000.0);
         let (cos, sin) = rope.cos_sin(&[3], DType::F32, &dev)?;
         let x = Tensor::new(&[[[1.0f32, 2.0, 3.0, 4.0]]], &dev)?;
-        let got = Rope::apply(&x, &cos, &sin)?.flatten_all()?.to_vec1::<f32>()?;
+        let got = Rope::apply(&x, &cos, &sin)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
         let (a0, a1) = (3.0f32, 3.0f32 * 0.01);
         // out[i] = x[i] cos - x[i + d/2] sin ; out[i + d/2] = x[i + d/2] cos + x[i] sin
         let want = [
