@@ -47,6 +47,9 @@ pub struct BenchArgs {
     /// Override the number of vision layers.
     #[arg(long)]
     pub vision_layers: Option<usize>,
+    /// `cpu`, or `cuda` / `cuda:N` (needs a build with `--features cuda`).
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
 }
 
 fn config_json(shape: ShapeArg) -> &'static str {
@@ -111,6 +114,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
                 cmd.args(["bench", "--dtype", dtype, "--shape", shape_name(args.shape)]);
                 cmd.args(["--text-tokens", &args.text_tokens.to_string()]);
                 cmd.args(["--decode-tokens", &args.decode_tokens.to_string()]);
+                cmd.args(["--device", &args.device]);
                 if let Some(n) = args.text_layers {
                     cmd.args(["--text-layers", &n.to_string()]);
                 }
@@ -145,7 +149,7 @@ fn run_one(args: &BenchArgs, dtype_arg: DtypeArg) -> Result<()> {
         config.vision.num_hidden_layers = n;
     }
     let dtype = dtype_arg.dtype();
-    let device = Device::Cpu;
+    let device = crate::parse_device(&args.device)?;
     let start = Instant::now();
     let vb = VarBuilder::from_backend(Box::new(RandomWeights), dtype, device.clone());
     let model = PaliGemma::new(config.clone(), vb, false)?;
@@ -155,6 +159,7 @@ fn run_one(args: &BenchArgs, dtype_arg: DtypeArg) -> Result<()> {
     let pixels = Tensor::rand(-1f32, 1f32, (1, 3, size, size), &device)?;
     let start = Instant::now();
     let features = model.encode_images(&pixels)?.squeeze(0)?;
+    device.synchronize()?;
     let vision_ms = start.elapsed().as_secs_f64() * 1e3;
 
     let n_image = config.num_image_tokens();
@@ -167,6 +172,7 @@ fn run_one(args: &BenchArgs, dtype_arg: DtypeArg) -> Result<()> {
     let embeds = model.embed_prompt(&ids, &features)?;
     let input = DecoderInput { embeds: &embeds, prefix_len: ids.len(), logits: LogitsRows::Last };
     let mut logits = decoder.forward(&input, &mut kv)?;
+    device.synchronize()?;
     let prefill_ms = start.elapsed().as_secs_f64() * 1e3;
 
     let start = Instant::now();

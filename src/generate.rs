@@ -39,6 +39,9 @@ pub struct GenerateArgs {
     pub seed: u64,
     #[arg(long, value_enum, default_value_t = DtypeArg::F32)]
     pub dtype: DtypeArg,
+    /// `cpu`, or `cuda` / `cuda:N` (needs a build with `--features cuda`).
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
     /// Print one JSON object instead of streaming text.
     #[arg(long)]
     pub json: bool,
@@ -54,7 +57,7 @@ pub struct GenerateArgs {
 pub fn run(args: &GenerateArgs) -> Result<()> {
     let opts = LoadOptions {
         dtype: args.dtype.dtype(),
-        device: Device::Cpu,
+        device: crate::parse_device(&args.device)?,
         show_progress: std::io::stderr().is_terminal(),
     };
     let pipeline = Pipeline::load(&args.model, &opts)?;

@@ -51,6 +51,20 @@ impl DtypeArg {
     }
 }
 
+/// `cpu`, `cuda` or `cuda:N`.
+pub fn parse_device(spec: &str) -> anyhow::Result<candle_core::Device> {
+    let ordinal = match spec {
+        "cpu" => return Ok(candle_core::Device::Cpu),
+        "cuda" => 0,
+        other => match other.strip_prefix("cuda:").and_then(|n| n.parse::<usize>().ok()) {
+            Some(n) => n,
+            None => anyhow::bail!("--device `{spec}`: expected cpu, cuda or cuda:N"),
+        },
+    };
+    candle_core::Device::new_cuda(ordinal)
+        .map_err(|e| anyhow::anyhow!("--device {spec}: {e} (was the binary built with --features cuda?)"))
+}
+
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
