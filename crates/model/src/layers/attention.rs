@@ -7,7 +7,7 @@
 
 use candle_core::{D, DType, Result, Tensor};
 
-use super::softcap;
+use super::{scale, softcap};
 
 /// Options of one attention call.
 #[derive(Debug, Clone, Copy)]
@@ -28,7 +28,7 @@ pub fn attend(q: &Tensor, k: &Tensor, v: &Tensor, p: AttentionParams<'_>) -> Res
     let dtype = q.dtype();
     // Query head h reads kv head h / group (transformers' repeat_kv order).
     let q = q.reshape((kv_heads, group * t, d))?;
-    let mut scores = (q.matmul(&k.t()?)? * p.scale)?;
+    let mut scores = scale(&q.matmul(&k.t()?)?, p.scale)?;
     if let Some(cap) = p.softcap {
         scores = softcap(&scores, cap)?;
     }
