@@ -76,12 +76,24 @@ fn config_json(shape: ShapeArg) -> &'static str {
 struct RandomWeights;
 
 impl SimpleBackend for RandomWeights {
-    fn get(&self, shape: Shape, name: &str, _: candle_nn::Init, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
-        let seed = name.bytes().fold(0x9E37_79B9u32, |h, b| h.rotate_left(5) ^ u32::from(b));
+    fn get(
+        &self,
+        shape: Shape,
+        name: &str,
+        _: candle_nn::Init,
+        dtype: DType,
+        dev: &Device,
+    ) -> candle_core::Result<Tensor> {
+        let seed = name
+            .bytes()
+            .fold(0x9E37_79B9u32, |h, b| h.rotate_left(5) ^ u32::from(b));
         let n = shape.elem_count();
         let data: Vec<f32> = (0..n as u32)
             .map(|i| {
-                let x = i.wrapping_mul(2_654_435_761).wrapping_add(seed).rotate_left(13);
+                let x = i
+                    .wrapping_mul(2_654_435_761)
+                    .wrapping_add(seed)
+                    .rotate_left(13);
                 (x >> 8) as f32 / (1u32 << 24) as f32 * 0.07 - 0.035
             })
             .collect();
@@ -143,7 +155,10 @@ fn run_one(args: &BenchArgs, dtype_arg: DtypeArg) -> Result<()> {
     if let Some(n) = args.text_layers {
         config.text.num_hidden_layers = n;
         config.text.layer_attention.truncate(n);
-        config.text.layer_attention.resize(n, paligemma_model::config::LayerAttention::Full);
+        config
+            .text
+            .layer_attention
+            .resize(n, paligemma_model::config::LayerAttention::Full);
     }
     if let Some(n) = args.vision_layers {
         config.vision.num_hidden_layers = n;
@@ -170,7 +185,11 @@ fn run_one(args: &BenchArgs, dtype_arg: DtypeArg) -> Result<()> {
     let mut kv = model.new_kv_cache();
     let start = Instant::now();
     let embeds = model.embed_prompt(&ids, &features)?;
-    let input = DecoderInput { embeds: &embeds, prefix_len: ids.len(), logits: LogitsRows::Last };
+    let input = DecoderInput {
+        embeds: &embeds,
+        prefix_len: ids.len(),
+        logits: LogitsRows::Last,
+    };
     let mut logits = decoder.forward(&input, &mut kv)?;
     device.synchronize()?;
     let prefill_ms = start.elapsed().as_secs_f64() * 1e3;
@@ -179,7 +198,11 @@ fn run_one(args: &BenchArgs, dtype_arg: DtypeArg) -> Result<()> {
     for _ in 0..args.decode_tokens {
         let token = logits.squeeze(0)?.argmax(0)?.to_scalar::<u32>()?;
         let embeds = decoder.embed_tokens(&[token])?;
-        let input = DecoderInput { embeds: &embeds, prefix_len: ids.len(), logits: LogitsRows::Last };
+        let input = DecoderInput {
+            embeds: &embeds,
+            prefix_len: ids.len(),
+            logits: LogitsRows::Last,
+        };
         logits = decoder.forward(&input, &mut kv)?;
     }
     let decode_s = start.elapsed().as_secs_f64();

@@ -56,13 +56,17 @@ pub fn parse_device(spec: &str) -> anyhow::Result<candle_core::Device> {
     let ordinal = match spec {
         "cpu" => return Ok(candle_core::Device::Cpu),
         "cuda" => 0,
-        other => match other.strip_prefix("cuda:").and_then(|n| n.parse::<usize>().ok()) {
+        other => match other
+            .strip_prefix("cuda:")
+            .and_then(|n| n.parse::<usize>().ok())
+        {
             Some(n) => n,
             None => anyhow::bail!("--device `{spec}`: expected cpu, cuda or cuda:N"),
         },
     };
-    candle_core::Device::new_cuda(ordinal)
-        .map_err(|e| anyhow::anyhow!("--device {spec}: {e} (was the binary built with --features cuda?)"))
+    candle_core::Device::new_cuda(ordinal).map_err(|e| {
+        anyhow::anyhow!("--device {spec}: {e} (was the binary built with --features cuda?)")
+    })
 }
 
 fn main() -> ExitCode {

@@ -4,15 +4,21 @@
 //! vision tower expects, reproducing Hugging Face `transformers`' `SiglipImageProcessor`
 //! (which `PaliGemmaProcessor` wraps) without any tensor library:
 //!
-//! 1. [`decode`]: PNG / JPEG / WebP bytes → 8-bit RGB ([`RgbImage`]), converted like Pillow's
-//!    `convert("RGB")` (alpha dropped without compositing, grey replicated, no EXIF rotation),
-//!    with a pixel-count limit against decompression bombs ([`DecodeOptions`]).
-//! 2. [`resize`]: a re-implementation of Pillow's `Image.resize` resampling (antialiased
-//!    separable convolution in 8-bit fixed point), so results match Pillow's `BICUBIC` /
-//!    `BILINEAR` / `NEAREST` pixel for pixel.
-//! 3. [`preprocess`]: squash-resize to the configured size, then
+//! 1. [`decode()`]: PNG / JPEG / WebP bytes → 8-bit RGB ([`RgbImage`]), sample-for-sample what
+//!    Pillow's `Image.open(f).convert("RGB")` gives (JPEG through a libjpeg-turbo-compatible
+//!    decoder; alpha dropped without compositing, grey replicated, no EXIF rotation), with a
+//!    pixel-count limit against decompression bombs ([`DecodeOptions`]).
+//!    [`AlphaMode::CompositeOnWhite`] composites transparency over white instead, as
+//!    `transformers`' `convert_to_rgb` does.
+//! 2. [`resize()`]: a re-implementation of Pillow's `Image.resize` resampling (antialiased
+//!    separable convolution in 8-bit fixed point), bit-exact with Pillow 13 for every filter;
+//!    [`resize_with`] + [`Resampler::Torchvision`] is bit-exact with torchvision's uint8
+//!    antialiased resize (the `transformers` 5.x default backend) instead.
+//! 3. [`preprocess()`]: squash-resize to the configured size, then
 //!    `(p * rescale_factor - mean) / std` per channel, giving a channels-first `f32` tensor
 //!    ([`PixelValues`], shape `[1, 3, H, W]`). For PaliGemma this is `(p - 127.5) / 127.5`.
+//!    [`preprocess_bytes`] chains decode (compositing over white when `do_convert_rgb`) and
+//!    preprocess, matching `SiglipImageProcessor` fed a PIL image.
 //!
 //! Settings come from a Hugging Face `preprocessor_config.json` ([`PreprocessorConfig`]).
 //! All failures are reported as [`ImageError`]; no input makes these functions panic.
@@ -29,11 +35,12 @@
 pub mod config;
 pub mod decode;
 pub mod error;
+mod jpeg;
 pub mod preprocess;
 pub mod resize;
 
 pub use config::PreprocessorConfig;
-pub use decode::{DEFAULT_MAX_PIXELS, DecodeOptions, decode, decode_with};
+pub use decode::{AlphaMode, DEFAULT_MAX_PIXELS, DecodeOptions, decode, decode_with};
 pub use error::ImageError;
 pub use image::RgbImage;
 pub use preprocess::{PixelValues, preprocess, preprocess_bytes, preprocess_bytes_with};
