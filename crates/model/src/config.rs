@@ -248,7 +248,7 @@ impl PaliGemmaConfig {
                 return Err(ModelError::config(field, "must be positive"));
             }
         }
-        if t.num_attention_heads % t.num_key_value_heads != 0 {
+        if !t.num_attention_heads.is_multiple_of(t.num_key_value_heads) {
             return Err(ModelError::config(
                 "text_config.num_key_value_heads",
                 format!(
@@ -257,7 +257,7 @@ impl PaliGemmaConfig {
                 ),
             ));
         }
-        if v.hidden_size % v.num_attention_heads != 0 {
+        if !v.hidden_size.is_multiple_of(v.num_attention_heads) {
             return Err(ModelError::config(
                 "vision_config.num_attention_heads",
                 format!(
@@ -266,7 +266,7 @@ impl PaliGemmaConfig {
                 ),
             ));
         }
-        if v.image_size % v.patch_size != 0 {
+        if !v.image_size.is_multiple_of(v.patch_size) {
             return Err(ModelError::config(
                 "vision_config.patch_size",
                 format!(
@@ -293,7 +293,7 @@ impl PaliGemmaConfig {
                 ),
             ));
         }
-        if t.head_dim % 2 != 0 {
+        if !t.head_dim.is_multiple_of(2) {
             return Err(ModelError::config(
                 "text_config.head_dim",
                 "RoPE needs an even head_dim",
@@ -345,13 +345,13 @@ fn resolve_text(value: Option<Value>) -> Result<TextConfig> {
             ));
         }
     };
-    if let (Some(a), Some(b)) = (&raw.hidden_act, &raw.hidden_activation) {
-        if a != b {
-            return Err(ModelError::config(
-                "text_config.hidden_activation",
-                format!("conflicts with hidden_act (`{b}` vs `{a}`)"),
-            ));
-        }
+    if let (Some(a), Some(b)) = (&raw.hidden_act, &raw.hidden_activation)
+        && a != b
+    {
+        return Err(ModelError::config(
+            "text_config.hidden_activation",
+            format!("conflicts with hidden_act (`{b}` vs `{a}`)"),
+        ));
     }
     check_activation("text_config.hidden_act", raw.hidden_act.as_deref())?;
     check_activation(
@@ -464,13 +464,13 @@ fn resolve_rope_theta(raw: &RawText) -> Result<f64> {
         let Some(Value::Object(map)) = params else {
             continue;
         };
-        if let Some(kind) = map.get("rope_type").or_else(|| map.get("type")) {
-            if kind.as_str() != Some("default") {
-                return Err(ModelError::config(
-                    format!("text_config.{field}.rope_type"),
-                    format!("{kind} is not supported (only the default RoPE)"),
-                ));
-            }
+        if let Some(kind) = map.get("rope_type").or_else(|| map.get("type"))
+            && kind.as_str() != Some("default")
+        {
+            return Err(ModelError::config(
+                format!("text_config.{field}.rope_type"),
+                format!("{kind} is not supported (only the default RoPE)"),
+            ));
         }
         if let Some(t) = map.get("rope_theta").and_then(Value::as_f64) {
             theta = Some(t);

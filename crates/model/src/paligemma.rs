@@ -60,8 +60,8 @@ impl PaliGemma {
             )));
         }
         let checkpoint = Checkpoint::open(&files.weights, opts.show_progress)?;
-        let model = Self::from_checkpoint(config, checkpoint, opts);
-        model
+
+        Self::from_checkpoint(config, checkpoint, opts)
     }
 
     fn from_checkpoint(
@@ -71,8 +71,8 @@ impl PaliGemma {
     ) -> Result<Self> {
         let has_lm_head = checkpoint.contains("language_model.lm_head.weight");
         let vb = VarBuilder::from_backend(Box::new(checkpoint), opts.dtype, opts.device.clone());
-        let model = Self::new(config, vb, has_lm_head);
-        model
+
+        Self::new(config, vb, has_lm_head)
     }
 
     /// Builds the model from a `VarBuilder` whose names follow the legacy layout.
