@@ -185,6 +185,36 @@ fn dump_writes_the_reference_quantities() {
             "{name}"
         );
     }
+    // The values are transformers' own: pixels bit-exact, features and logits within 1e-4.
+    let reference_bytes =
+        std::fs::read(fixtures().join("reference/pg1-32.safetensors")).expect("reference");
+    let reference =
+        safetensors::SafeTensors::deserialize(&reference_bytes).expect("reference safetensors");
+    let f32s = |st: &safetensors::SafeTensors<'_>, name: &str| -> Vec<f32> {
+        st.tensor(name)
+            .expect(name)
+            .data()
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect()
+    };
+    assert_eq!(f32s(&st, "pixel_values"), f32s(&reference, "pixel_values"));
+    let max_rel = |ours: &[f32], want: &[f32]| {
+        let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+        ours.iter()
+            .zip(want)
+            .fold(0f32, |m, (a, b)| m.max((a - b).abs()))
+            / scale
+    };
+    assert!(
+        max_rel(
+            &f32s(&st, "image_features"),
+            &f32s(&reference, "image_features")
+        ) < 1e-4
+    );
+    let want_steps = f32s(&reference, "step_logits");
+    assert!(max_rel(&f32s(&st, "prefill_logits"), &want_steps[..vocab]) < 1e-4);
+    assert!(max_rel(&f32s(&st, "step_logits"), &want_steps[..5 * vocab]) < 1e-4);
 }
 
 /// Runs `generate` expecting failure; returns stderr.
