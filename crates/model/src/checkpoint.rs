@@ -26,7 +26,19 @@ pub struct ModelFiles {
     pub preprocessor_config: Option<PathBuf>,
 }
 
+/// Canonical-name prefixes of the weights that determine the soft tokens.
+pub const VISION_PREFIXES: [&str; 2] = ["vision_tower.", "multi_modal_projector."];
+
 impl ModelFiles {
+    /// Fingerprint of the vision tower + projector weights: what a soft-token stream carries so
+    /// the decoder tier can refuse tokens made by different vision weights.
+    ///
+    /// # Errors
+    /// Unreadable weights.
+    pub fn vision_fingerprint(&self) -> Result<String> {
+        Checkpoint::open(&self.weights, false)?.fingerprint(&VISION_PREFIXES)
+    }
+
     /// Locates the checkpoint files in `dir`.
     ///
     /// # Errors
@@ -177,6 +189,29 @@ impl Checkpoint {
             names,
             progress,
         })
+    }
+
+    /// A stable fingerprint of the tensors whose canonical names start with one of `prefixes`:
+    /// xxh3-64 over (name, dtype, shape, raw bytes) in name order, so any change to those weights
+    /// — values, dtype or layout — changes it, and it does not depend on the load dtype.
+    pub fn fingerprint(&self, prefixes: &[&str]) -> Result<String> {
+        let mut selected: Vec<(&String, &String)> = self
+            .names
+            .iter()
+            .filter(|(c, _)| prefixes.iter().any(|p| c.starts_with(p)))
+            .collect();
+        selected.sort();
+        let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+        for (canonical, actual) in selected {
+            let view = self.tensors.get(actual).map_err(|e| ModelError::BadFile {
+                path: PathBuf::from(actual),
+                message: e.to_string(),
+            })?;
+            hasher.update(canonical.as_bytes());
+            hasher.update(format!("{:?}{:?}", view.dtype(), view.shape()).as_bytes());
+            hasher.update(view.data());
+        }
+        Ok(format!("xxh3:{:016x}", hasher.digest()))
     }
 
     pub fn contains(&self, canonical: &str) -> bool {

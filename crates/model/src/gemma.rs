@@ -187,6 +187,8 @@ pub struct GemmaDecoder {
     embed_tokens: Tensor,
     /// √hidden rounded to the model dtype, as a `[1]`-shaped tensor (spec §4).
     embed_scale: Tensor,
+    /// Id of the `<image>` placeholder whose rows soft tokens replace.
+    image_token_index: u32,
     layers: Vec<DecoderLayer>,
     norm: RmsNorm,
     lm_head: Linear,
@@ -199,7 +201,12 @@ pub struct GemmaDecoder {
 impl GemmaDecoder {
     /// `vb` points at `language_model.model`; `lm_head` is the untied head if the checkpoint
     /// has one (otherwise the embedding matrix is used, as Gemma ties them).
-    pub fn new(cfg: &TextConfig, vb: VarBuilder<'_>, lm_head: Option<Tensor>) -> Result<Self> {
+    pub fn new(
+        cfg: &TextConfig,
+        image_token_index: u32,
+        vb: VarBuilder<'_>,
+        lm_head: Option<Tensor>,
+    ) -> Result<Self> {
         let embed_tokens = vb
             .pp("embed_tokens")
             .get((cfg.vocab_size, cfg.hidden_size), "weight")?;
@@ -214,6 +221,7 @@ impl GemmaDecoder {
             lm_head: Linear::from_weight(lm_head.unwrap_or_else(|| embed_tokens.clone()), None),
             embed_tokens,
             embed_scale,
+            image_token_index,
             layers,
             norm: RmsNorm::new(cfg.hidden_size, cfg.rms_norm_eps, vb.pp("norm"))?,
             rope: Rope::new(cfg.head_dim, cfg.rope_theta),
@@ -252,12 +260,73 @@ impl GemmaDecoder {
             .broadcast_mul(&self.embed_scale)
     }
 
+    /// Input embeddings `[L, D]` of a prompt: text rows scaled by √D, and the rows of
+    /// `image_features` (`[K, D]`, K = number of `<image>` ids in `ids`) placed, in order, at
+    /// the `<image>` positions.
+    ///
+    /// # Errors
+    /// Empty prompt, ids outside the vocabulary, or a number of `<image>` ids different from
+    /// the number of soft-token rows.
+    pub fn embed_prompt(&self, ids: &[u32], image_features: &Tensor) -> crate::Result<Tensor> {
+        use crate::ModelError;
+        if ids.is_empty() {
+            return Err(ModelError::Input("empty prompt".into()));
+        }
+        let image_id = self.image_token_index;
+        let (rows, width) = image_features.dims2()?;
+        let placeholders = ids.iter().filter(|&&id| id == image_id).count();
+        if placeholders != rows {
+            return Err(ModelError::Input(format!(
+                "prompt has {placeholders} <image> tokens but {rows} soft-token rows were given"
+            )));
+        }
+        if width != self.cfg.hidden_size {
+            return Err(ModelError::Input(format!(
+                "soft tokens are {width} wide, the decoder expects {}",
+                self.cfg.hidden_size
+            )));
+        }
+        let text = self
+            .embed_tokens(ids)
+            .map_err(|e| ModelError::Input(e.to_string()))?;
+        if rows == 0 {
+            return Ok(text);
+        }
+        // Gather from [text rows ; image rows]: position i takes text row i, or the next image row.
+        let table = Tensor::cat(
+            &[
+                &text,
+                &image_features
+                    .to_device(&self.device)?
+                    .to_dtype(self.dtype)?,
+            ],
+            0,
+        )?;
+        let mut next_image = ids.len() as u32;
+        let index: Vec<u32> = (0..ids.len() as u32)
+            .zip(ids)
+            .map(|(i, &id)| {
+                if id == image_id {
+                    next_image += 1;
+                    next_image - 1
+                } else {
+                    i
+                }
+            })
+            .collect();
+        let index = Tensor::new(index.as_slice(), &self.device)?;
+        Ok(table.index_select(&index, 0)?)
+    }
+
     /// Runs the new tokens through every layer, appending their keys/values to `kv`.
     ///
     /// Returns f32 logits `[rows, vocab_size]` (after Gemma 2's final softcap), one row per
     /// position selected by `input.logits`. RoPE positions are 1-based, as in transformers.
     pub fn forward(&self, input: &DecoderInput<'_>, kv: &mut dyn KvCache) -> Result<Tensor> {
         let t = input.embeds.dim(0)?;
+        if t == 0 {
+            candle_core::bail!("decoder forward needs at least one token");
+        }
         let past = kv.seq_len();
         let positions: Vec<usize> = (past + 1..=past + t).collect();
         let (cos, sin) = self.rope.cos_sin(&positions, self.dtype, &self.device)?;

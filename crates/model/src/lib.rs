@@ -10,6 +10,7 @@
 
 pub mod checkpoint;
 pub mod config;
+pub mod encoder;
 pub mod error;
 pub mod gemma;
 pub mod kv_cache;
@@ -20,7 +21,8 @@ pub mod siglip;
 
 pub use checkpoint::ModelFiles;
 pub use config::{DecoderFamily, PaliGemmaConfig, TextConfig, VisionConfig};
+pub use encoder::VisionEncoder;
 pub use error::{ModelError, Result};
 pub use gemma::{DecoderInput, GemmaDecoder, LogitsRows};
 pub use kv_cache::{ContiguousKvCache, KvCache};
-pub use paligemma::{LoadOptions, PaliGemma};
+pub use paligemma::{LoadOptions, PaliGemma, load_decoder};

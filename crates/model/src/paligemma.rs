@@ -4,16 +4,15 @@
 //! Image soft tokens enter the decoder unscaled; text embeddings are multiplied by √hidden
 //! rounded to the model dtype. The soft tokens replace the `<image>` placeholders of the prompt.
 
-use candle_core::{DType, Device, Module, Tensor};
+use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 
 use crate::checkpoint::{Checkpoint, ModelFiles};
 use crate::config::PaliGemmaConfig;
+use crate::encoder::VisionEncoder;
 use crate::error::{ModelError, Result};
 use crate::gemma::GemmaDecoder;
 use crate::kv_cache::ContiguousKvCache;
-use crate::layers::linear::Linear;
-use crate::siglip::VisionTower;
 
 /// How to materialise the weights.
 #[derive(Debug, Clone)]
@@ -35,13 +34,21 @@ impl Default for LoadOptions {
     }
 }
 
+/// Rejects dtypes the model is not built for.
+pub(crate) fn check_dtype(dtype: DType) -> Result<()> {
+    if matches!(dtype, DType::F32 | DType::BF16 | DType::F16) {
+        Ok(())
+    } else {
+        Err(ModelError::Input(format!(
+            "dtype {dtype:?} is not supported (use f32 or bf16)"
+        )))
+    }
+}
+
 /// The whole model; holds weights only.
 #[derive(Debug, Clone)]
 pub struct PaliGemma {
-    config: PaliGemmaConfig,
-    vision: VisionTower,
-    /// `multi_modal_projector.linear`: vision hidden → decoder hidden, with bias.
-    projector: Linear,
+    encoder: VisionEncoder,
     decoder: GemmaDecoder,
 }
 
@@ -52,27 +59,12 @@ impl PaliGemma {
     /// Missing or corrupt files, an unsupported config, tensors missing or shaped unlike the
     /// config says.
     pub fn load(files: &ModelFiles, opts: &LoadOptions) -> Result<Self> {
+        check_dtype(opts.dtype)?;
         let config = PaliGemmaConfig::from_file(&files.config)?;
-        if !matches!(opts.dtype, DType::F32 | DType::BF16 | DType::F16) {
-            return Err(ModelError::Input(format!(
-                "dtype {:?} is not supported (use f32 or bf16)",
-                opts.dtype
-            )));
-        }
         let checkpoint = Checkpoint::open(&files.weights, opts.show_progress)?;
-
-        Self::from_checkpoint(config, checkpoint, opts)
-    }
-
-    fn from_checkpoint(
-        config: PaliGemmaConfig,
-        checkpoint: Checkpoint,
-        opts: &LoadOptions,
-    ) -> Result<Self> {
-        let has_lm_head = checkpoint.contains("language_model.lm_head.weight");
+        let untied = checkpoint.contains(LM_HEAD);
         let vb = VarBuilder::from_backend(Box::new(checkpoint), opts.dtype, opts.device.clone());
-
-        Self::new(config, vb, has_lm_head)
+        Self::new(config, vb, untied)
     }
 
     /// Builds the model from a `VarBuilder` whose names follow the legacy layout.
@@ -80,33 +72,17 @@ impl PaliGemma {
     /// # Errors
     /// Missing or mis-shaped tensors.
     pub fn new(config: PaliGemmaConfig, vb: VarBuilder<'_>, untied_lm_head: bool) -> Result<Self> {
-        let text = &config.text;
-        let vision = VisionTower::new(&config.vision, vb.pp("vision_tower.vision_model"))?;
-        let projector = Linear::new(
-            config.vision.hidden_size,
-            config.projection_dim,
-            true,
-            vb.pp("multi_modal_projector.linear"),
-        )?;
-        let lm_head = if untied_lm_head {
-            Some(
-                vb.pp("language_model.lm_head")
-                    .get((text.vocab_size, text.hidden_size), "weight")?,
-            )
-        } else {
-            None
-        };
-        let decoder = GemmaDecoder::new(text, vb.pp("language_model.model"), lm_head)?;
-        Ok(Self {
-            config,
-            vision,
-            projector,
-            decoder,
-        })
+        let decoder = new_decoder(&config, &vb, untied_lm_head)?;
+        let encoder = VisionEncoder::new(config, vb)?;
+        Ok(Self { encoder, decoder })
     }
 
     pub fn config(&self) -> &PaliGemmaConfig {
-        &self.config
+        self.encoder.config()
+    }
+
+    pub fn encoder(&self) -> &VisionEncoder {
+        &self.encoder
     }
 
     pub fn decoder(&self) -> &GemmaDecoder {
@@ -123,64 +99,63 @@ impl PaliGemma {
 
     /// A fresh single-sequence KV cache for this model.
     pub fn new_kv_cache(&self) -> ContiguousKvCache {
-        ContiguousKvCache::new(self.config.text.num_hidden_layers)
+        ContiguousKvCache::new(self.config().text.num_hidden_layers)
     }
 
-    /// SigLIP + projector: `pixels [B, 3, S, S]` (any float dtype; cast to the model dtype as
-    /// transformers does) → soft tokens `[B, N, D]` in the model dtype.
+    /// SigLIP + projector: see [`VisionEncoder::encode`].
     ///
     /// # Errors
     /// Wrong pixel shape; device errors.
     pub fn encode_images(&self, pixels: &Tensor) -> Result<Tensor> {
-        let pixels = pixels.to_device(self.device())?.to_dtype(self.dtype())?;
-        let hidden = self.vision.forward(&pixels)?;
-        Ok(self.projector.forward(&hidden)?)
+        self.encoder.encode(pixels)
     }
 
-    /// Input embeddings `[L, D]` of a prompt: text rows scaled by √D, and the rows of
-    /// `image_features` (`[K, D]`, K = number of `<image>` ids in `ids`) placed, in order, at
-    /// the `<image>` positions.
+    /// See [`GemmaDecoder::embed_prompt`].
     ///
     /// # Errors
-    /// Empty prompt, ids outside the vocabulary, or a number of `<image>` ids different from
-    /// the number of soft-token rows.
+    /// As [`GemmaDecoder::embed_prompt`].
     pub fn embed_prompt(&self, ids: &[u32], image_features: &Tensor) -> Result<Tensor> {
-        if ids.is_empty() {
-            return Err(ModelError::Input("empty prompt".into()));
-        }
-        let image_id = self.config.image_token_index;
-        let (rows, width) = image_features.dims2()?;
-        let placeholders = ids.iter().filter(|&&id| id == image_id).count();
-        if placeholders != rows {
-            return Err(ModelError::Input(format!(
-                "prompt has {placeholders} <image> tokens but {rows} soft-token rows were given"
-            )));
-        }
-        if width != self.config.text.hidden_size {
-            return Err(ModelError::Input(format!(
-                "soft tokens are {width} wide, the decoder expects {}",
-                self.config.text.hidden_size
-            )));
-        }
-        let text = self.decoder.embed_tokens(ids)?;
-        if rows == 0 {
-            return Ok(text);
-        }
-        // Gather from [text rows ; image rows]: position i takes text row i, or the next image row.
-        let table = Tensor::cat(&[&text, &image_features.to_dtype(self.dtype())?], 0)?;
-        let mut next_image = ids.len() as u32;
-        let index: Vec<u32> = (0..ids.len() as u32)
-            .zip(ids)
-            .map(|(i, &id)| {
-                if id == image_id {
-                    next_image += 1;
-                    next_image - 1
-                } else {
-                    i
-                }
-            })
-            .collect();
-        let index = Tensor::new(index.as_slice(), self.device())?;
-        Ok(table.index_select(&index, 0)?)
+        self.decoder.embed_prompt(ids, image_features)
     }
+}
+
+const LM_HEAD: &str = "language_model.lm_head.weight";
+
+fn new_decoder(
+    config: &PaliGemmaConfig,
+    vb: &VarBuilder<'_>,
+    untied_lm_head: bool,
+) -> Result<GemmaDecoder> {
+    let text = &config.text;
+    let lm_head = if untied_lm_head {
+        Some(
+            vb.pp("language_model.lm_head")
+                .get((text.vocab_size, text.hidden_size), "weight")?,
+        )
+    } else {
+        None
+    };
+    Ok(GemmaDecoder::new(
+        text,
+        config.image_token_index,
+        vb.pp("language_model.model"),
+        lm_head,
+    )?)
+}
+
+/// Loads only the Gemma decoder (and its LM head) of a model directory, for the decoder tier.
+///
+/// # Errors
+/// As [`PaliGemma::load`].
+pub fn load_decoder(
+    files: &ModelFiles,
+    opts: &LoadOptions,
+) -> Result<(PaliGemmaConfig, GemmaDecoder)> {
+    check_dtype(opts.dtype)?;
+    let config = PaliGemmaConfig::from_file(&files.config)?;
+    let checkpoint = Checkpoint::open(&files.weights, opts.show_progress)?;
+    let untied = checkpoint.contains(LM_HEAD);
+    let vb = VarBuilder::from_backend(Box::new(checkpoint), opts.dtype, opts.device.clone());
+    let decoder = new_decoder(&config, &vb, untied)?;
+    Ok((config, decoder))
 }

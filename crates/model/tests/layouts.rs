@@ -183,3 +183,41 @@ fn a_missing_tensor_is_named() -> Result<()> {
     assert!(err.contains("multi_modal_projector.linear.bias"), "{err}");
     Ok(())
 }
+
+#[test]
+fn vision_fingerprint_ignores_the_name_layout_but_not_the_values() -> Result<()> {
+    let original =
+        ModelFiles::discover(&fixtures().join("models").join(CASE))?.vision_fingerprint()?;
+    let renamed = TempDir::new("fp-renamed");
+    let tensors: HashMap<String, Tensor> = fixture_tensors()?
+        .into_iter()
+        .map(|(k, v)| (canonical_name(&k), v))
+        .collect();
+    candle_core::safetensors::save(&tensors, renamed.0.join("model.safetensors"))?;
+    assert_eq!(
+        ModelFiles::discover(&renamed.0)?.vision_fingerprint()?,
+        original
+    );
+
+    let changed = TempDir::new("fp-changed");
+    let mut tensors = fixture_tensors()?;
+    let bias = tensors["multi_modal_projector.linear.bias"].clone();
+    tensors.insert("multi_modal_projector.linear.bias".into(), (bias + 1e-3)?);
+    candle_core::safetensors::save(&tensors, changed.0.join("model.safetensors"))?;
+    assert_ne!(
+        ModelFiles::discover(&changed.0)?.vision_fingerprint()?,
+        original
+    );
+
+    // Decoder weights do not enter the vision fingerprint.
+    let decoder_only = TempDir::new("fp-decoder");
+    let mut tensors = fixture_tensors()?;
+    let norm = tensors["language_model.model.norm.weight"].clone();
+    tensors.insert("language_model.model.norm.weight".into(), (norm + 1.0)?);
+    candle_core::safetensors::save(&tensors, decoder_only.0.join("model.safetensors"))?;
+    assert_eq!(
+        ModelFiles::discover(&decoder_only.0)?.vision_fingerprint()?,
+        original
+    );
+    Ok(())
+}
