@@ -79,29 +79,31 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
         top_p: args.top_p,
         seed: args.seed,
     };
-    let mut stop_ids = model.config().eos_token_ids.clone();
-    stop_ids.push(pipeline.tokenizer.eos_id());
+    let mut eos_ids = model.config().eos_token_ids.clone();
+    eos_ids.push(pipeline.tokenizer.eos_id());
     let request = GenerateRequest {
         prompt_ids: &prompt.ids,
         image_features: &image_features,
         max_new_tokens: args.max_new_tokens,
         sampling,
-        stop_ids: &stop_ids,
+        eos_ids: &eos_ids,
+        stop_ids: &[],
         logprobs: args.logprobs,
         keep_logits: args.dump.is_some(),
     };
 
     let mut streamer = TextStreamer::default();
-    let output = generate(model, &request, |token| {
+    let output = generate(model, &request, |token, _| {
         if !args.json {
             streamer.push(&pipeline, token);
         }
+        true
     })?;
     let text_ids: Vec<u32> = output
         .tokens
         .iter()
         .copied()
-        .filter(|t| !stop_ids.contains(t))
+        .filter(|t| !eos_ids.contains(t))
         .collect();
     let text = pipeline.tokenizer.decode(&text_ids, true)?;
     if args.json {

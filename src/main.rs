@@ -7,7 +7,7 @@ mod pipeline;
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
 #[command(
@@ -28,46 +28,7 @@ enum Command {
     Bench(bench::BenchArgs),
 }
 
-/// Weight and activation dtype.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum DtypeArg {
-    F32,
-    Bf16,
-}
-
-impl DtypeArg {
-    pub fn dtype(self) -> candle_core::DType {
-        match self {
-            Self::F32 => candle_core::DType::F32,
-            Self::Bf16 => candle_core::DType::BF16,
-        }
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::F32 => "f32",
-            Self::Bf16 => "bf16",
-        }
-    }
-}
-
-/// `cpu`, `cuda` or `cuda:N`.
-pub fn parse_device(spec: &str) -> anyhow::Result<candle_core::Device> {
-    let ordinal = match spec {
-        "cpu" => return Ok(candle_core::Device::Cpu),
-        "cuda" => 0,
-        other => match other
-            .strip_prefix("cuda:")
-            .and_then(|n| n.parse::<usize>().ok())
-        {
-            Some(n) => n,
-            None => anyhow::bail!("--device `{spec}`: expected cpu, cuda or cuda:N"),
-        },
-    };
-    candle_core::Device::new_cuda(ordinal).map_err(|e| {
-        anyhow::anyhow!("--device {spec}: {e} (was the binary built with --features cuda?)")
-    })
-}
+pub use paligemma_rpc::{DtypeArg, parse_device};
 
 fn main() -> ExitCode {
     tracing_subscriber::fmt()

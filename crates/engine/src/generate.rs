@@ -17,7 +17,9 @@ pub struct GenerateRequest<'a> {
     /// Upper bound on generated tokens (≥ 1).
     pub max_new_tokens: usize,
     pub sampling: SamplingParams,
-    /// Generation stops after emitting any of these (normally `<eos>`).
+    /// The model's end-of-sequence ids (finish reason [`FinishReason::Eos`]).
+    pub eos_ids: &'a [u32],
+    /// Caller-supplied ids that also end generation (finish reason [`FinishReason::Stop`]).
     pub stop_ids: &'a [u32],
     /// Record `log p(token)` of each generated token.
     pub logprobs: bool,
@@ -28,10 +30,14 @@ pub struct GenerateRequest<'a> {
 /// Why generation ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FinishReason {
-    /// A stop id was generated (it is the last entry of `tokens`).
+    /// An end-of-sequence id was generated (it is the last entry of `tokens`).
     Eos,
     /// `max_new_tokens` were generated.
     Length,
+    /// A caller-supplied stop id was generated (the last entry of `tokens`).
+    Stop,
+    /// The token callback asked to stop (client gone, deadline passed).
+    Cancelled,
 }
 
 impl FinishReason {
@@ -39,6 +45,8 @@ impl FinishReason {
         match self {
             Self::Eos => "eos",
             Self::Length => "length",
+            Self::Stop => "stop",
+            Self::Cancelled => "cancelled",
         }
     }
 }
@@ -54,7 +62,9 @@ pub struct GenerateOutput {
     pub step_logits: Vec<Vec<f32>>,
 }
 
-/// Runs generation, calling `on_token` with each id as soon as it is chosen.
+/// Runs generation, calling `on_token(id, logprob)` with each id as soon as it is chosen
+/// (`logprob` only when requested); a callback returning `false` cancels generation before the
+/// next step.
 ///
 /// # Errors
 /// Invalid request fields (zero or too many tokens for the model's position limit, bad sampling
@@ -62,7 +72,7 @@ pub struct GenerateOutput {
 pub fn generate(
     model: &PaliGemma,
     req: &GenerateRequest<'_>,
-    mut on_token: impl FnMut(u32),
+    mut on_token: impl FnMut(u32, Option<f32>) -> bool,
 ) -> Result<GenerateOutput, EngineError> {
     req.sampling.validate()?;
     if req.max_new_tokens == 0 {
@@ -100,16 +110,25 @@ pub fn generate(
         };
         let logits = decoder.forward(&input, &mut kv)?.i(0)?.to_vec1::<f32>()?;
         let token = sampler.sample(&logits);
-        if let Some(lps) = out.logprobs.as_mut() {
-            lps.push(logprob(&logits, token));
+        let lp = req.logprobs.then(|| logprob(&logits, token));
+        if let (Some(lps), Some(lp)) = (out.logprobs.as_mut(), lp) {
+            lps.push(lp);
         }
         if req.keep_logits {
             out.step_logits.push(logits);
         }
         out.tokens.push(token);
-        on_token(token);
-        if req.stop_ids.contains(&token) {
+        let keep_going = on_token(token, lp);
+        if req.eos_ids.contains(&token) {
             out.finish_reason = FinishReason::Eos;
+            break;
+        }
+        if req.stop_ids.contains(&token) {
+            out.finish_reason = FinishReason::Stop;
+            break;
+        }
+        if !keep_going {
+            out.finish_reason = FinishReason::Cancelled;
             break;
         }
         if out.tokens.len() >= req.max_new_tokens {

@@ -7,7 +7,8 @@ pub mod v1 {
 }
 
 /// Encoded `FileDescriptorSet` of every `paligemma.v1` file, for server reflection.
-pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/paligemma_descriptor.bin"));
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/paligemma_descriptor.bin"));
 
 /// Largest payload chunk of a soft-token stream, in bytes.
 pub const MAX_CHUNK_BYTES: usize = 1 << 20;
