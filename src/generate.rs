@@ -93,7 +93,7 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
     };
 
     let mut streamer = TextStreamer::default();
-    let output = generate(model, &request, |token, _| {
+    let output = generate(model.decoder(), &request, |token, _| {
         if !args.json {
             streamer.push(&pipeline, token);
         }

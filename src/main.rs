@@ -4,6 +4,7 @@
 mod bench;
 mod generate;
 mod pipeline;
+mod serve;
 
 use std::process::ExitCode;
 
@@ -26,6 +27,10 @@ enum Command {
     Generate(generate::GenerateArgs),
     /// Time vision encode, prefill and decode on random weights of a real PaliGemma shape.
     Bench(bench::BenchArgs),
+    /// Run one tier's gRPC server (vision, decoder or gateway), as deployed.
+    Serve(serve::ServeArgs),
+    /// Run all three tiers in one process on loopback (gateway on 127.0.0.1:50051).
+    Up(serve::UpArgs),
 }
 
 pub use paligemma_rpc::{DtypeArg, parse_device};
@@ -33,7 +38,7 @@ pub use paligemma_rpc::{DtypeArg, parse_device};
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -41,6 +46,8 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Generate(args) => generate::run(&args),
         Command::Bench(args) => bench::run(&args),
+        Command::Serve(args) => serve::serve(args),
+        Command::Up(args) => serve::up(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

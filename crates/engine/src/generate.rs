@@ -2,7 +2,7 @@
 //! token per step until an end-of-sequence id or the token budget.
 
 use candle_core::{IndexOp, Tensor};
-use paligemma_model::{DecoderInput, LogitsRows, PaliGemma};
+use paligemma_model::{ContiguousKvCache, DecoderInput, GemmaDecoder, LogitsRows};
 
 use crate::error::EngineError;
 use crate::sampler::{Sampler, SamplingParams, logprob};
@@ -12,7 +12,8 @@ use crate::sampler::{Sampler, SamplingParams, logprob};
 pub struct GenerateRequest<'a> {
     /// Full prompt ids: `<image>`×K, `<bos>`, prompt, `\n` (see `paligemma_text::PromptLayout`).
     pub prompt_ids: &'a [u32],
-    /// Soft tokens `[K, D]` for the `<image>` placeholders, from `PaliGemma::encode_images`.
+    /// Soft tokens `[K, D]` for the `<image>` placeholders (from `VisionEncoder::encode`, locally
+    /// or received from the vision tier); any float dtype, cast to the decoder's.
     pub image_features: &'a Tensor,
     /// Upper bound on generated tokens (≥ 1).
     pub max_new_tokens: usize,
@@ -62,15 +63,17 @@ pub struct GenerateOutput {
     pub step_logits: Vec<Vec<f32>>,
 }
 
-/// Runs generation, calling `on_token(id, logprob)` with each id as soon as it is chosen
-/// (`logprob` only when requested); a callback returning `false` cancels generation before the
-/// next step.
+/// Runs generation on `decoder` (only the Gemma half of PaliGemma: the vision tier may run
+/// elsewhere), calling `on_token(id, logprob)` with each id as soon as it is chosen (`logprob`
+/// only when requested); a callback returning `false` cancels generation before the next step.
+/// The position limit is the decoder config's `max_position_embeddings`; the KV cache is a
+/// fresh [`ContiguousKvCache`] dropped on return.
 ///
 /// # Errors
 /// Invalid request fields (zero or too many tokens for the model's position limit, bad sampling
 /// parameters, feature/placeholder mismatch), or a model failure.
 pub fn generate(
-    model: &PaliGemma,
+    decoder: &GemmaDecoder,
     req: &GenerateRequest<'_>,
     mut on_token: impl FnMut(u32, Option<f32>) -> bool,
 ) -> Result<GenerateOutput, EngineError> {
@@ -78,7 +81,7 @@ pub fn generate(
     if req.max_new_tokens == 0 {
         return Err(EngineError::invalid("max_new_tokens", "must be at least 1"));
     }
-    let limit = model.config().text.max_position_embeddings;
+    let limit = decoder.config().max_position_embeddings;
     let total = req.prompt_ids.len().saturating_add(req.max_new_tokens);
     if total > limit {
         return Err(EngineError::invalid(
@@ -90,9 +93,8 @@ pub fn generate(
             ),
         ));
     }
-    let decoder = model.decoder();
     let prefix_len = req.prompt_ids.len();
-    let mut kv = model.new_kv_cache();
+    let mut kv = ContiguousKvCache::new(decoder.config().num_hidden_layers);
     let mut sampler = Sampler::new(req.sampling);
     let mut out = GenerateOutput {
         tokens: Vec::new(),
@@ -101,7 +103,7 @@ pub fn generate(
         step_logits: Vec::new(),
     };
 
-    let mut embeds = model.embed_prompt(req.prompt_ids, req.image_features)?;
+    let mut embeds = decoder.embed_prompt(req.prompt_ids, req.image_features)?;
     loop {
         let input = DecoderInput {
             embeds: &embeds,
