@@ -5,10 +5,10 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Subcommand};
 use paligemma_decoder_service::DecoderArgs;
 use paligemma_gateway_service::GatewayArgs;
-use paligemma_rpc::{DtypeArg, shutdown_on_signals};
+use paligemma_rpc::{DtypeArg, ModelArgs, shutdown_on_signals};
 use paligemma_vision_service::VisionArgs;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -99,17 +99,6 @@ pub fn serve(args: ServeArgs) -> Result<()> {
     })
 }
 
-/// Parses a tier's flags as if given on its command line, so `up` gets every tier default.
-fn tier_args<T: Args>(argv: &[String]) -> Result<T> {
-    #[derive(Parser)]
-    struct Wrap<A: Args> {
-        #[command(flatten)]
-        inner: A,
-    }
-    let argv = std::iter::once("paligemma".to_string()).chain(argv.iter().cloned());
-    Ok(Wrap::<T>::try_parse_from(argv)?.inner)
-}
-
 pub fn up(args: UpArgs) -> Result<()> {
     let model = args.model.clone().unwrap_or_else(bundled_model);
     if !model.is_dir() {
@@ -118,14 +107,12 @@ pub fn up(args: UpArgs) -> Result<()> {
             model.display()
         );
     }
-    let model_flags = vec![
-        "--model".to_string(),
-        model.display().to_string(),
-        "--dtype".into(),
-        args.dtype.name().into(),
-        "--device".into(),
-        args.device.clone(),
-    ];
+    let model_args = ModelArgs {
+        model: model.clone(),
+        model_id: None,
+        dtype: args.dtype,
+        device: args.device.clone(),
+    };
     runtime()?.block_on(async move {
         let shutdown = shutdown_on_signals();
         let vision_listener = bind(SocketAddr::from(([127, 0, 0, 1], 0)), "vision").await?;
@@ -133,11 +120,9 @@ pub fn up(args: UpArgs) -> Result<()> {
         let gateway_listener = bind(args.listen, "gateway").await?;
         let vision_addr = vision_listener.local_addr()?;
         let decoder_addr = decoder_listener.local_addr()?;
-        let vision: VisionArgs = tier_args(&model_flags)?;
-        let decoder: DecoderArgs = tier_args(&model_flags)?;
-        let mut gateway_flags = vec!["--model".to_string(), model.display().to_string()];
-        gateway_flags.extend(["--vision".into(), vision_addr.to_string(), "--decoder".into(), decoder_addr.to_string()]);
-        let gateway: GatewayArgs = tier_args(&gateway_flags)?;
+        let vision = VisionArgs::new(model_args.clone());
+        let decoder = DecoderArgs::new(model_args);
+        let gateway = GatewayArgs::new(model.clone(), vec![vision_addr.to_string()], vec![decoder_addr.to_string()]);
         tracing::info!(%vision_addr, %decoder_addr, gateway_addr = %args.listen, model = %model.display(), "starting all tiers");
         eprintln!("paligemma up: model {}", model.display());
         eprintln!("  vision tier  on {vision_addr}");
