@@ -2,6 +2,7 @@
 //! and the one-process stack join as `serve` and `up`).
 
 mod bench;
+mod bench_stack;
 mod generate;
 mod pipeline;
 mod serve;
@@ -27,6 +28,9 @@ enum Command {
     Generate(generate::GenerateArgs),
     /// Time vision encode, prefill and decode on random weights of a real PaliGemma shape.
     Bench(bench::BenchArgs),
+    /// Measure soft-token transfer over gRPC vs in-process, and the gateway's own per-request
+    /// overhead.
+    BenchStack(bench_stack::BenchStackArgs),
     /// Run one tier's gRPC server (vision, decoder or gateway), as deployed.
     Serve(serve::ServeArgs),
     /// Run all three tiers in one process on loopback (gateway on 127.0.0.1:50051).
@@ -41,11 +45,13 @@ fn main() -> ExitCode {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Generate(args) => generate::run(&args),
         Command::Bench(args) => bench::run(&args),
+        Command::BenchStack(args) => bench_stack::run(&args),
         Command::Serve(args) => serve::serve(args),
         Command::Up(args) => serve::up(args),
     };

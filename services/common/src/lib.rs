@@ -148,6 +148,24 @@ pub async fn blocking<T: Send + 'static>(
     })
 }
 
+/// Runs a blocking model load off the async workers; `Ok(None)` when `shutdown` fires first
+/// (the load thread then finishes in the background and its result is dropped).
+///
+/// # Errors
+/// The load's own error, or a panic inside it.
+pub async fn load_blocking<T: Send + 'static>(
+    tier: &'static str,
+    shutdown: &CancellationToken,
+    load: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
+) -> anyhow::Result<Option<T>> {
+    let Some(joined) = until_cancelled(shutdown, tokio::task::spawn_blocking(load)).await else {
+        tracing::info!(tier, "shutdown requested while loading");
+        return Ok(None);
+    };
+    let loaded = joined.map_err(|e| anyhow::anyhow!("loading the {tier} tier panicked: {e}"))??;
+    Ok(Some(loaded))
+}
+
 /// Waits for `fut` unless `token` is cancelled first.
 pub async fn until_cancelled<F: Future>(token: &CancellationToken, fut: F) -> Option<F::Output> {
     tokio::select! {

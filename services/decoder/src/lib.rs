@@ -82,12 +82,11 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let loading = tokio::task::spawn_blocking(move || load(args));
-    let Some(loaded) = paligemma_rpc::until_cancelled(&shutdown, loading).await else {
-        tracing::info!(tier = "decoder", "shutdown requested while loading");
+    let Some(service) =
+        paligemma_rpc::load_blocking("decoder", &shutdown, move || load(args)).await?
+    else {
         return Ok(());
     };
-    let service = loaded.context("loading the decoder model panicked")??;
     run(service, listener, shutdown).await
 }
 

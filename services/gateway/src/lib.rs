@@ -139,8 +139,10 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let service = tokio::task::spawn_blocking(move || load(&args))
-        .await
-        .context("gateway loading panicked")??;
+    let Some(service) =
+        paligemma_rpc::load_blocking("gateway", &shutdown, move || load(&args)).await?
+    else {
+        return Ok(());
+    };
     service.run(listener, shutdown).await
 }

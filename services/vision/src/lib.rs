@@ -68,12 +68,11 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let loading = tokio::task::spawn_blocking(move || load(args));
-    let Some(loaded) = paligemma_rpc::until_cancelled(&shutdown, loading).await else {
-        tracing::info!(tier = "vision", "shutdown requested while loading");
+    let Some(service) =
+        paligemma_rpc::load_blocking("vision", &shutdown, move || load(args)).await?
+    else {
         return Ok(());
     };
-    let service = loaded.context("loading the vision model panicked")??;
     run(service, listener, shutdown).await
 }
 
