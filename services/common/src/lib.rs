@@ -11,9 +11,9 @@ use std::future::Future;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tonic::service::Routes;
+use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 
 /// Default time in-flight calls get to finish after shutdown starts.
@@ -82,7 +82,9 @@ impl Server {
         };
         let serve = tonic::transport::Server::builder()
             .add_routes(routes)
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal);
+            // Accepted sockets need TCP_NODELAY: without it every small streamed message waits
+            // for Nagle + the peer's delayed ACK (~40 ms per response, measured by bench-stack).
+            .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), signal);
         let tier = self.tier;
         let grace = self.grace;
         let drained = async move {
