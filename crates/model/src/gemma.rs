@@ -83,15 +83,66 @@ impl Attention {
         layer: usize,
         kv: &mut dyn KvCache,
     ) -> Result<Tensor> {
-        let t = x.dim(0)?;
-        let heads_first = |y: Tensor, n: usize| -> Result<Tensor> {
+        let q = self.q_proj.forward(x)?;
+        let k = self.k_proj.forward(x)?;
+        let v = self.v_proj.forward(x)?;
+        let out = self.attend_rows(&q, &k, &v, ctx, layer, kv)?;
+        self.o_proj.forward(&out)
+    }
+
+    /// Batched form: the projections run once over the rows of every sequence; attention runs
+    /// per sequence on its rows, with its own positions, mask and cache.
+    fn forward_batch(
+        &self,
+        x: &Tensor,
+        segments: &[Segment],
+        layer: usize,
+        caches: &mut [&mut dyn KvCache],
+    ) -> Result<Tensor> {
+        let q = self.q_proj.forward(x)?;
+        let k = self.k_proj.forward(x)?;
+        let v = self.v_proj.forward(x)?;
+        let mut outs = Vec::with_capacity(segments.len());
+        for (seg, kv) in segments.iter().zip(caches.iter_mut()) {
+            let rows = |y: &Tensor| y.narrow(0, seg.start, seg.len);
+            outs.push(self.attend_rows(
+                &rows(&q)?,
+                &rows(&k)?,
+                &rows(&v)?,
+                &seg.ctx,
+                layer,
+                &mut **kv,
+            )?);
+        }
+        let out = if outs.len() == 1 {
+            outs.pop()
+                .ok_or_else(|| candle_core::Error::Msg("empty batch".into()))?
+        } else {
+            Tensor::cat(&outs, 0)?
+        };
+        self.o_proj.forward(&out)
+    }
+
+    /// Attention of one sequence's projected rows `q: [T, heads·hd]`, `k, v: [T, kv_heads·hd]`
+    /// → `[T, heads·hd]`, storing the new keys/values in `kv`.
+    fn attend_rows(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        ctx: &PassContext,
+        layer: usize,
+        kv: &mut dyn KvCache,
+    ) -> Result<Tensor> {
+        let t = q.dim(0)?;
+        let heads_first = |y: &Tensor, n: usize| -> Result<Tensor> {
             y.reshape((t, n, self.head_dim))?
                 .transpose(0, 1)?
                 .contiguous()
         };
-        let q = heads_first(self.q_proj.forward(x)?, self.heads)?;
-        let k = heads_first(self.k_proj.forward(x)?, self.kv_heads)?;
-        let v = heads_first(self.v_proj.forward(x)?, self.kv_heads)?;
+        let q = heads_first(q, self.heads)?;
+        let k = heads_first(k, self.kv_heads)?;
+        let v = heads_first(v, self.kv_heads)?;
         let q = Rope::apply(&q, &ctx.cos, &ctx.sin)?;
         let k = Rope::apply(&k, &ctx.cos, &ctx.sin)?;
         let (k, v) = kv.append(layer, &k, &v)?;
@@ -105,10 +156,9 @@ impl Attention {
             softcap: self.softcap,
             mask,
         };
-        let out = attend(&q, &k, &v, params)?
+        attend(&q, &k, &v, params)?
             .transpose(0, 1)?
-            .reshape((t, self.heads * self.head_dim))?;
-        self.o_proj.forward(&out)
+            .reshape((t, self.heads * self.head_dim))
     }
 }
 
@@ -143,16 +193,14 @@ impl DecoderLayer {
         })
     }
 
-    fn forward(
+    /// The layer around an attention function (single-sequence or batched): norms, residuals
+    /// and MLP run on all rows of `x` at once.
+    fn forward_with(
         &self,
         x: &Tensor,
-        ctx: &PassContext,
-        layer: usize,
-        kv: &mut dyn KvCache,
+        attention: impl FnOnce(&Attention, &Tensor) -> Result<Tensor>,
     ) -> Result<Tensor> {
-        let attn = self
-            .self_attn
-            .forward(&self.input_layernorm.forward(x)?, ctx, layer, kv)?;
+        let attn = attention(&self.self_attn, &self.input_layernorm.forward(x)?)?;
         match (
             &self.pre_feedforward_layernorm,
             &self.post_feedforward_layernorm,
@@ -171,6 +219,13 @@ impl DecoderLayer {
             }
         }
     }
+}
+
+/// Rows `start..start + len` of a batched pass belong to one sequence with this context.
+struct Segment {
+    start: usize,
+    len: usize,
+    ctx: PassContext,
 }
 
 /// Per-pass values shared by all layers: RoPE tables and the two masks.
@@ -318,6 +373,39 @@ impl GemmaDecoder {
         Ok(table.index_select(&index, 0)?)
     }
 
+    /// RoPE tables and masks of a pass of `t` new tokens after `past` cached ones.
+    fn pass_context(&self, past: usize, t: usize, prefix_len: usize) -> Result<PassContext> {
+        let positions: Vec<usize> = (past + 1..=past + t).collect();
+        let (cos, sin) = self.rope.cos_sin(&positions, self.dtype, &self.device)?;
+        let spec = MaskSpec {
+            past_len: past,
+            new_len: t,
+            prefix_len,
+        };
+        let window = self.cfg.layer_attention.iter().find_map(|l| match l {
+            LayerAttention::Sliding { window } => Some(*window),
+            LayerAttention::Full => None,
+        });
+        Ok(PassContext {
+            cos,
+            sin,
+            full_mask: spec.to_tensor(None, &self.device)?,
+            sliding_mask: match window {
+                Some(w) => spec.to_tensor(Some(w), &self.device)?,
+                None => None,
+            },
+        })
+    }
+
+    /// Final norm, LM head and Gemma 2's softcap on hidden rows → f32 logits.
+    fn logits(&self, h: &Tensor) -> Result<Tensor> {
+        let mut logits = self.lm_head.forward(&self.norm.forward(h)?)?;
+        if let Some(cap) = self.cfg.final_logit_softcapping {
+            logits = softcap(&logits, cap)?;
+        }
+        logits.to_dtype(DType::F32)
+    }
+
     /// Runs the new tokens through every layer, appending their keys/values to `kv`.
     ///
     /// Returns f32 logits `[rows, vocab_size]` (after Gemma 2's final softcap), one row per
@@ -327,39 +415,80 @@ impl GemmaDecoder {
         if t == 0 {
             candle_core::bail!("decoder forward needs at least one token");
         }
-        let past = kv.seq_len();
-        let positions: Vec<usize> = (past + 1..=past + t).collect();
-        let (cos, sin) = self.rope.cos_sin(&positions, self.dtype, &self.device)?;
-        let spec = MaskSpec {
-            past_len: past,
-            new_len: t,
-            prefix_len: input.prefix_len,
-        };
-        let window = self.cfg.layer_attention.iter().find_map(|l| match l {
-            LayerAttention::Sliding { window } => Some(*window),
-            LayerAttention::Full => None,
-        });
-        let ctx = PassContext {
-            cos,
-            sin,
-            full_mask: spec.to_tensor(None, &self.device)?,
-            sliding_mask: match window {
-                Some(w) => spec.to_tensor(Some(w), &self.device)?,
-                None => None,
-            },
-        };
+        let ctx = self.pass_context(kv.seq_len(), t, input.prefix_len)?;
         let mut h = input.embeds.to_dtype(self.dtype)?;
         for (i, layer) in self.layers.iter().enumerate() {
-            h = layer.forward(&h, &ctx, i, kv)?;
+            h = layer.forward_with(&h, |attn, x| attn.forward(x, &ctx, i, kv))?;
         }
         let h = match input.logits {
             LogitsRows::Last => h.i(t - 1..t)?,
             LogitsRows::All => h,
         };
-        let mut logits = self.lm_head.forward(&self.norm.forward(&h)?)?;
-        if let Some(cap) = self.cfg.final_logit_softcapping {
-            logits = softcap(&logits, cap)?;
+        self.logits(&h)
+    }
+
+    /// One forward pass over several sequences (continuous batching): `inputs[i]` is run
+    /// against `caches[i]`, each with its own positions, prefix-LM mask and cached length.
+    ///
+    /// The token rows of all sequences are stacked into one `[ΣT, hidden]` matrix for every
+    /// linear layer, norm and MLP (one weight read per step for the whole batch); only
+    /// attention runs per sequence. Returns, per sequence, f32 logits `[rows_i, vocab_size]` as
+    /// [`GemmaDecoder::forward`] would.
+    ///
+    /// # Errors
+    /// `inputs` and `caches` of different lengths, a sequence with no tokens, device errors, or
+    /// a cache without room.
+    pub fn forward_batch(
+        &self,
+        inputs: &[DecoderInput<'_>],
+        caches: &mut [&mut dyn KvCache],
+    ) -> Result<Vec<Tensor>> {
+        if inputs.len() != caches.len() {
+            candle_core::bail!(
+                "forward_batch got {} inputs but {} caches",
+                inputs.len(),
+                caches.len()
+            );
         }
-        logits.to_dtype(DType::F32)
+        if inputs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut segments = Vec::with_capacity(inputs.len());
+        let mut start = 0;
+        for (input, kv) in inputs.iter().zip(caches.iter()) {
+            let len = input.embeds.dim(0)?;
+            if len == 0 {
+                candle_core::bail!("decoder forward needs at least one token per sequence");
+            }
+            let ctx = self.pass_context(kv.seq_len(), len, input.prefix_len)?;
+            segments.push(Segment { start, len, ctx });
+            start += len;
+        }
+        let embeds = inputs
+            .iter()
+            .map(|i| i.embeds.to_dtype(self.dtype))
+            .collect::<Result<Vec<_>>>()?;
+        let mut h = Tensor::cat(&embeds, 0)?;
+        for (i, layer) in self.layers.iter().enumerate() {
+            h = layer.forward_with(&h, |attn, x| attn.forward_batch(x, &segments, i, caches))?;
+        }
+        let mut picked = Vec::with_capacity(inputs.len());
+        let mut counts = Vec::with_capacity(inputs.len());
+        for (input, seg) in inputs.iter().zip(&segments) {
+            let (from, n) = match input.logits {
+                LogitsRows::Last => (seg.start + seg.len - 1, 1),
+                LogitsRows::All => (seg.start, seg.len),
+            };
+            picked.push(h.narrow(0, from, n)?);
+            counts.push(n);
+        }
+        let logits = self.logits(&Tensor::cat(&picked, 0)?)?;
+        let mut out = Vec::with_capacity(counts.len());
+        let mut row = 0;
+        for n in counts {
+            out.push(logits.narrow(0, row, n)?);
+            row += n;
+        }
+        Ok(out)
     }
 }

@@ -84,7 +84,10 @@ impl Server {
             .add_routes(routes)
             // Accepted sockets need TCP_NODELAY: without it every small streamed message waits
             // for Nagle + the peer's delayed ACK (~40 ms per response, measured by bench-stack).
-            .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), signal);
+            .serve_with_incoming_shutdown(
+                TcpIncoming::from(listener).with_nodelay(Some(true)),
+                signal,
+            );
         let tier = self.tier;
         let grace = self.grace;
         let drained = async move {

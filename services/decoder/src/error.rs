@@ -6,7 +6,9 @@
 //! client stream keeps its own code; model and device failures are INTERNAL with a generic
 //! message, the details going to the log.
 
-use paligemma_engine::EngineError;
+use std::sync::Arc;
+
+use paligemma_engine::{EngineError, SubmitError};
 use paligemma_model::ModelError;
 use paligemma_wire::WireError;
 use tonic::Status;
@@ -43,6 +45,13 @@ pub enum DecoderError {
     /// The generation loop refused the request or the model failed.
     #[error(transparent)]
     Engine(#[from] EngineError),
+    /// The engine refused the request at admission (too large for the KV cache, queue full,
+    /// engine stopped) or found a field out of range.
+    #[error(transparent)]
+    Submit(#[from] SubmitError),
+    /// The batched step computing this request failed.
+    #[error("engine step failed: {0}")]
+    Step(Arc<EngineError>),
     /// A tensor operation outside the generation loop failed.
     #[error(transparent)]
     Model(#[from] ModelError),
@@ -77,6 +86,21 @@ impl From<DecoderError> for Status {
             | DecoderError::Invalid { .. } => Status::invalid_argument(e.to_string()),
             DecoderError::Client(status) => status,
             DecoderError::ShuttingDown => Status::unavailable(e.to_string()),
+            DecoderError::Submit(SubmitError::Invalid(EngineError::InvalidRequest {
+                field,
+                message,
+            })) => Status::invalid_argument(format!("{field}: {message}")),
+            DecoderError::Submit(SubmitError::Invalid(EngineError::Model(model))) => {
+                model_status(model)
+            }
+            DecoderError::Submit(
+                ref too_big @ (SubmitError::TooLarge { .. } | SubmitError::QueueFull { .. }),
+            ) => Status::resource_exhausted(too_big.to_string()),
+            DecoderError::Submit(SubmitError::ShutDown) => Status::unavailable(e.to_string()),
+            DecoderError::Step(ref step) => {
+                tracing::error!(error = %step, "engine step failed");
+                Status::internal("decoder failed; see the decoder tier's log")
+            }
             DecoderError::Engine(EngineError::InvalidRequest { field, message }) => {
                 Status::invalid_argument(format!("{field}: {message}"))
             }
@@ -152,6 +176,36 @@ mod tests {
             assert_eq!(status.code(), Code::InvalidArgument);
             assert!(status.message().starts_with(prefix), "{}", status.message());
         }
+    }
+
+    #[test]
+    fn cache_and_queue_limits_are_resource_exhausted_naming_the_sizes() {
+        let too_big = DecoderError::Submit(SubmitError::TooLarge {
+            tokens: 120,
+            blocks_needed: 8,
+            block_size: 16,
+            capacity_blocks: 4,
+            capacity_tokens: 64,
+        });
+        let status = Status::from(too_big);
+        assert_eq!(status.code(), Code::ResourceExhausted);
+        assert!(
+            status.message().contains("120 tokens"),
+            "{}",
+            status.message()
+        );
+        assert!(
+            status.message().contains("4 blocks"),
+            "{}",
+            status.message()
+        );
+        let full = Status::from(DecoderError::Submit(SubmitError::QueueFull {
+            max_waiting: 3,
+        }));
+        assert_eq!(full.code(), Code::ResourceExhausted);
+        assert!(full.message().contains("--max-waiting"));
+        let gone = Status::from(DecoderError::Submit(SubmitError::ShutDown));
+        assert_eq!(gone.code(), Code::Unavailable);
     }
 
     #[test]

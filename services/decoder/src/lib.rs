@@ -10,8 +10,10 @@
 //!
 //! [`load`] builds the service from flags (only the Gemma decoder and LM head are mapped);
 //! [`serve`] loads and then serves on an already-bound listener with health, reflection and
-//! graceful drain (`paligemma_rpc::Server`). Generation is the engine's single-sequence loop
-//! for now, one KV cache per running request, at most `--max-concurrent` at once.
+//! graceful drain (`paligemma_rpc::Server`). Requests are submitted to the continuous-batching
+//! engine (`paligemma_engine::EngineHandle`): a paged KV cache of `--kv-cache-bytes` in blocks
+//! of `--block-size` tokens, at most `--max-concurrent` sequences and `--max-batch-tokens`
+//! tokens per step, `--max-waiting` queued requests.
 
 pub mod config;
 pub mod error;
@@ -69,7 +71,8 @@ pub fn load(args: DecoderArgs) -> anyhow::Result<DecoderService> {
         decoder,
         fingerprint,
         limits,
-    ))
+        args.engine_config(),
+    )?)
 }
 
 /// Loads the model on a blocking thread, then serves it on `listener` until `shutdown` is

@@ -2,16 +2,21 @@
 //!
 //! A `Generate` call is read up to its `DecodeRequest` ([`crate::receive`]) and validated
 //! ([`crate::validate`]) before anything touches the model; errors there are the call's status.
-//! Then one task waits for one of `--max-concurrent` permits and runs the engine's generation
-//! loop on a blocking thread, sending each token through a bounded channel; a second task
-//! watches the rest of the input stream. Generation stops (and its KV cache is freed) when the
-//! response stream is dropped (the send fails), when the input stream fails or breaks the
-//! protocol, or at EOS/stop/length; the stream ends with a `DecodeDone`.
+//! Then the request is submitted to the continuous-batching engine (one thread owning the
+//! scheduler and the paged KV cache, shared by every call) and one task forwards its events to
+//! the response stream; a second task watches the rest of the input stream. Generation stops
+//! (and its KV blocks are freed before the engine's next step) when the response stream is
+//! dropped (the send fails), when the input stream fails or breaks the protocol (the call's
+//! `CancellationToken`), or at EOS/stop/length; the stream ends with a `DecodeDone`. A request
+//! larger than the whole KV cache, or one beyond `--max-waiting`, is RESOURCE_EXHAUSTED.
 
 use std::sync::Arc;
 
 use candle_core::{DType, Tensor};
-use paligemma_engine::{FinishReason as EngineFinish, GenerateRequest, generate};
+use paligemma_engine::{
+    EngineConfig, EngineHandle, EngineRequest, EngineStats, EventKind,
+    FinishReason as EngineFinish, StartError,
+};
 use paligemma_model::{DecoderFamily, GemmaDecoder, PaliGemmaConfig};
 use paligemma_proto::v1::decoder_server::{Decoder as DecoderRpc, DecoderServer};
 use paligemma_proto::v1::{
@@ -19,7 +24,7 @@ use paligemma_proto::v1::{
     GeneratedTokens, Usage, generate_output,
 };
 use paligemma_wire::{Expected, SoftTokens};
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
@@ -31,7 +36,7 @@ use crate::receive::{expect_end, receive};
 use crate::stats::{Stats, StatsSnapshot};
 use crate::validate::{RequestLimits, ValidRequest, validate};
 
-/// Output messages buffered per call before generation waits for the client.
+/// Output messages buffered per call before forwarding waits for the client.
 const STREAM_DEPTH: usize = 8;
 
 type OutputSender = mpsc::Sender<Result<GenerateOutput, Status>>;
@@ -39,7 +44,7 @@ type OutputSender = mpsc::Sender<Result<GenerateOutput, Status>>;
 /// The replica's limits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
-    /// Generations running at once (≥ 1).
+    /// Sequences per batched step (≥ 1); the engine's `max_running`.
     pub max_concurrent: usize,
     /// Largest `max_new_tokens` a request may ask for.
     pub max_new_tokens_limit: usize,
@@ -60,32 +65,55 @@ struct Inner {
     decoder: GemmaDecoder,
     fingerprint: String,
     limits: Limits,
-    permits: Arc<Semaphore>,
+    engine: EngineHandle,
     stats: Stats,
 }
 
 impl DecoderService {
-    /// Wraps a loaded decoder. `fingerprint` is `ModelFiles::vision_fingerprint` of the
-    /// checkpoint: only soft tokens carrying it are accepted.
+    /// Wraps a loaded decoder and starts its engine (paged KV cache sized by `engine`; its
+    /// `max_running` is replaced by `limits.max_concurrent`). `fingerprint` is
+    /// `ModelFiles::vision_fingerprint` of the checkpoint: only soft tokens carrying it are
+    /// accepted.
+    ///
+    /// # Errors
+    /// A KV budget below two blocks, a zero limit, or cache allocation failure.
     pub fn new(
         model_id: String,
         config: PaliGemmaConfig,
         decoder: GemmaDecoder,
         fingerprint: String,
         limits: Limits,
-    ) -> Self {
-        let permits = Arc::new(Semaphore::new(limits.max_concurrent.max(1)));
-        Self {
+        engine: EngineConfig,
+    ) -> Result<Self, StartError> {
+        let engine = EngineHandle::start(
+            Arc::new(decoder.clone()),
+            EngineConfig {
+                max_running: limits.max_concurrent.max(1),
+                ..engine
+            },
+        )?;
+        Ok(Self {
             inner: Arc::new(Inner {
                 model_id,
                 config,
                 decoder,
                 fingerprint,
                 limits,
-                permits,
+                engine,
                 stats: Stats::default(),
             }),
-        }
+        })
+    }
+
+    /// The engine's state for metrics: KV blocks used/free, running and waiting sequences,
+    /// preemptions, tokens of the last step.
+    pub fn engine_stats(&self) -> EngineStats {
+        self.inner.engine.stats()
+    }
+
+    /// A receiver of [`Self::engine_stats`] that changes after every engine step.
+    pub fn watch_engine_stats(&self) -> tokio::sync::watch::Receiver<EngineStats> {
+        self.inner.engine.watch_stats()
     }
 
     /// What this replica serves (the `Info` RPC's answer).
@@ -149,17 +177,16 @@ impl DecoderService {
         DecoderServer::new(self)
     }
 
-    /// Runs one validated generation to its end on the calling (blocking) thread, sending each
-    /// token to `tx`; stops early when `tx`'s receiver is gone or `stop` is cancelled.
-    fn generate_blocking(
+    /// Submits one validated request to the engine and forwards its events to `tx` until it
+    /// ends; a failed send (client gone) drops the event receiver, which aborts the request.
+    async fn forward_events(
         &self,
-        req: &ValidRequest,
-        soft_tokens: &SoftTokens,
+        req: ValidRequest,
+        soft_tokens: SoftTokens,
         tx: &OutputSender,
         stop: &CancellationToken,
-    ) -> Result<DecodeDone, DecoderError> {
+    ) -> Result<Option<DecodeDone>, DecoderError> {
         let inner = &*self.inner;
-        let _running = inner.stats.start();
         let started = Instant::now();
         let features = Tensor::from_vec(
             soft_tokens.to_f32(),
@@ -167,57 +194,70 @@ impl DecoderService {
             inner.decoder.device(),
         )?
         .to_dtype(inner.decoder.dtype())?;
-        let request = GenerateRequest {
-            prompt_ids: &req.prompt_ids,
-            image_features: &features,
+        let prompt_tokens = req.prompt_ids.len();
+        let request = EngineRequest {
+            prompt_ids: req.prompt_ids,
+            image_features: features,
             max_new_tokens: req.max_new_tokens,
             sampling: req.sampling,
-            eos_ids: &inner.config.eos_token_ids,
-            stop_ids: &req.stop_ids,
+            n: 1,
+            eos_ids: inner.config.eos_token_ids.clone(),
+            stop_ids: req.stop_ids,
             logprobs: req.logprobs,
-            keep_logits: false,
         };
-        let result = generate(&inner.decoder, &request, |id, logprob| {
-            if stop.is_cancelled() {
-                return false;
+        let mut stream = inner.engine.submit(request, stop.clone())?;
+        let _running = inner.stats.start();
+        let mut generated = 0usize;
+        while let Some(event) = stream.events.recv().await {
+            match event.kind {
+                EventKind::Token { token, logprob } => {
+                    generated += 1;
+                    let message = GenerateOutput {
+                        kind: Some(generate_output::Kind::Tokens(GeneratedTokens {
+                            ids: vec![token],
+                            logprobs: logprob.into_iter().collect(),
+                        })),
+                    };
+                    if tx.send(Ok(message)).await.is_err() {
+                        inner.stats.finished(EngineFinish::Cancelled, generated);
+                        return Ok(None);
+                    }
+                }
+                EventKind::Finished(reason) => {
+                    inner.stats.finished(reason, generated);
+                    tracing::info!(
+                        prompt_tokens,
+                        soft_token_rows = soft_tokens.rows,
+                        generated_tokens = generated,
+                        finish_reason = reason.as_str(),
+                        elapsed_ms = started.elapsed().as_millis() as u64,
+                        "generated"
+                    );
+                    return Ok(Some(DecodeDone {
+                        finish_reason: finish_reason(reason) as i32,
+                        usage: Some(Usage {
+                            prompt_tokens: prompt_tokens as u32,
+                            generated_tokens: generated as u32,
+                        }),
+                    }));
+                }
+                EventKind::Failed(e) => {
+                    inner.stats.failed();
+                    return Err(DecoderError::Step(e));
+                }
+                EventKind::Rejected(e) => {
+                    return Err(match Arc::try_unwrap(e) {
+                        Ok(e) => DecoderError::Submit(e),
+                        Err(shared) => DecoderError::invalid("request", shared.to_string()),
+                    });
+                }
             }
-            let tokens = GeneratedTokens {
-                ids: vec![id],
-                logprobs: logprob.into_iter().collect(),
-            };
-            let message = GenerateOutput {
-                kind: Some(generate_output::Kind::Tokens(tokens)),
-            };
-            tx.blocking_send(Ok(message)).is_ok()
-        });
-        let output = match result {
-            Ok(output) => output,
-            Err(e) => {
-                inner.stats.failed();
-                return Err(e.into());
-            }
-        };
-        inner
-            .stats
-            .finished(output.finish_reason, output.tokens.len());
-        tracing::info!(
-            prompt_tokens = req.prompt_ids.len(),
-            soft_token_rows = soft_tokens.rows,
-            generated_tokens = output.tokens.len(),
-            finish_reason = output.finish_reason.as_str(),
-            elapsed_ms = started.elapsed().as_millis() as u64,
-            "generated"
-        );
-        Ok(DecodeDone {
-            finish_reason: finish_reason(output.finish_reason) as i32,
-            usage: Some(Usage {
-                prompt_tokens: req.prompt_ids.len() as u32,
-                generated_tokens: output.tokens.len() as u32,
-            }),
-        })
+        }
+        inner.stats.failed();
+        Err(DecoderError::ShuttingDown)
     }
 
-    /// Waits for a permit (or `stop`), generates, and ends the stream with `DecodeDone` or the
+    /// Runs one generation through the engine and ends the stream with `DecodeDone` or the
     /// error's status. Cancels `stop` on return so the input watcher ends too.
     async fn run_generation(
         self,
@@ -227,32 +267,12 @@ impl DecoderService {
         stop: CancellationToken,
     ) {
         let _stop_watcher = stop.clone().drop_guard();
-        let acquire = Arc::clone(&self.inner.permits).acquire_owned();
-        let permit = match paligemma_rpc::until_cancelled(&stop, acquire).await {
-            None => {
-                tracing::debug!("client went away while queued");
-                return;
-            }
-            Some(Err(_closed)) => {
-                let _ = tx.send(Err(DecoderError::ShuttingDown.into())).await;
-                return;
-            }
-            Some(Ok(permit)) => permit,
-        };
-        let (gen_tx, gen_stop) = (tx.clone(), stop.clone());
-        let span = tracing::Span::current();
-        let result = paligemma_rpc::blocking("generation", move || {
-            let _permit = permit;
-            let _span = span.enter();
-            self.generate_blocking(&req, &soft_tokens, &gen_tx, &gen_stop)
-        })
-        .await;
-        let last = match result {
-            Ok(Ok(done)) => Ok(GenerateOutput {
+        let last = match self.forward_events(req, soft_tokens, &tx, &stop).await {
+            Ok(Some(done)) => Ok(GenerateOutput {
                 kind: Some(generate_output::Kind::Done(done)),
             }),
-            Ok(Err(e)) => Err(Status::from(e)),
-            Err(status) => Err(status),
+            Ok(None) => return,
+            Err(e) => Err(Status::from(e)),
         };
         // Fails only if the client is gone, and then there is no one to tell.
         let _ = tx.send(last).await;

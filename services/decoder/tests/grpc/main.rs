@@ -9,6 +9,7 @@
 #![allow(clippy::unwrap_used)] // test code: a panic is a test failure
 
 mod cancel;
+mod capacity;
 mod generate;
 mod malformed;
 
