@@ -17,27 +17,31 @@ UP_PID=$!
 trap 'kill -INT $UP_PID 2>/dev/null || true; rm -rf "$WORK"' EXIT
 
 for _ in $(seq 1 150); do
-  if grpcurl -plaintext -max-time 2 "$ADDR" grpc.health.v1.Health/Check 2>/dev/null | grep -q '"SERVING"'; then break; fi
+  if grpcurl -plaintext -max-time 2 "$ADDR" grpc.health.v1.Health/Check 2>/dev/null | grep '"SERVING"' >/dev/null; then break; fi
   kill -0 $UP_PID 2>/dev/null || fail "paligemma up exited"
   sleep 0.2
 done
-grpcurl -plaintext "$ADDR" grpc.health.v1.Health/Check | grep -q '"SERVING"' || fail "gateway never became healthy"
+health=$(grpcurl -plaintext "$ADDR" grpc.health.v1.Health/Check) || fail "gateway health call"
+grep -q '"SERVING"' <<<"$health" || fail "gateway never became healthy"
 
 echo "== services by reflection"
 grpcurl -plaintext "$ADDR" list | tee "$WORK/list.txt"
 grep -qx "paligemma.v1.PaliGemma" "$WORK/list.txt" || fail "PaliGemma service not listed"
 grep -qx "grpc.health.v1.Health" "$WORK/list.txt" || fail "health service not listed"
-grpcurl -plaintext "$ADDR" describe paligemma.v1.PaliGemma.Generate >/dev/null || fail "describe failed"
+grpcurl -plaintext "$ADDR" describe paligemma.v1.PaliGemma.Generate >"$WORK/describe.txt" || fail "describe failed"
 
 echo "== health of each tier"
 for tier in vision decoder; do
   tier_addr=$(grep -oE "$tier tier +on [0-9.:]+" "$LOG" | grep -oE '[0-9.]+:[0-9]+$' | head -1)
   [ -n "$tier_addr" ] || fail "no $tier address in the up log"
-  grpcurl -plaintext "$tier_addr" grpc.health.v1.Health/Check | grep -q '"SERVING"' || fail "$tier tier not serving"
-  grpcurl -plaintext "$tier_addr" list | grep -q "paligemma.v1" || fail "$tier tier reflection"
+  health=$(grpcurl -plaintext "$tier_addr" grpc.health.v1.Health/Check) || fail "$tier tier health call"
+  grep -q '"SERVING"' <<<"$health" || fail "$tier tier not serving"
+  services=$(grpcurl -plaintext "$tier_addr" list) || fail "$tier tier list"
+  grep -q "paligemma.v1" <<<"$services" || fail "$tier tier reflection"
 done
-grpcurl -plaintext -d '{"service":"paligemma.v1.PaliGemma"}' "$ADDR" grpc.health.v1.Health/Check | grep -q '"SERVING"' \
-  || fail "per-service health"
+health=$(grpcurl -plaintext -d '{"service":"paligemma.v1.PaliGemma"}' "$ADDR" grpc.health.v1.Health/Check) \
+  || fail "per-service health call"
+grep -q '"SERVING"' <<<"$health" || fail "per-service health"
 
 echo "== ListModels"
 grpcurl -plaintext "$ADDR" paligemma.v1.PaliGemma/ListModels | tee "$WORK/models.json"
