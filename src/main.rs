@@ -1,8 +1,10 @@
 //! `paligemma`: the command-line entry point (generation and benchmarks today; the gRPC tiers
 //! and the one-process stack join as `serve` and `up`).
 
+mod annotate;
 mod bench;
 mod bench_stack;
+mod detect;
 mod generate;
 mod pipeline;
 mod serve;
@@ -26,6 +28,10 @@ struct Cli {
 enum Command {
     /// Generate text for one image and prompt with a local checkpoint.
     Generate(generate::GenerateArgs),
+    /// Detect objects (`detect a ; b`) with a local checkpoint: JSON boxes, optional drawing.
+    Detect(detect::DetectArgs),
+    /// Segment objects (`segment a ; b`) with a local checkpoint and a VQ-VAE (`--vae`).
+    Segment(detect::DetectArgs),
     /// Time vision encode, prefill and decode on random weights of a real PaliGemma shape.
     Bench(bench::BenchArgs),
     /// Measure soft-token transfer over gRPC vs in-process, and the gateway's own per-request
@@ -50,6 +56,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Generate(args) => generate::run(&args),
+        Command::Detect(args) => detect::run(&args, detect::Task::Detect),
+        Command::Segment(args) => detect::run(&args, detect::Task::Segment),
         Command::Bench(args) => bench::run(&args),
         Command::BenchStack(args) => bench_stack::run(&args),
         Command::Serve(args) => serve::serve(args),

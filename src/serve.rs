@@ -60,6 +60,9 @@ pub struct UpArgs {
     /// Gateway address; the vision and decoder tiers take ephemeral loopback ports.
     #[arg(long, default_value_t = SocketAddr::from(([127, 0, 0, 1], GATEWAY_PORT)))]
     listen: SocketAddr,
+    /// big_vision's VQ-VAE checkpoint (`vae-oid.npz`) for the gateway's Segment masks.
+    #[arg(long, env = "PALIGEMMA_GATEWAY_VAE")]
+    vae: Option<PathBuf>,
 }
 
 /// The checkpoint `up` serves when no `--model` is given.
@@ -122,7 +125,8 @@ pub fn up(args: UpArgs) -> Result<()> {
         let decoder_addr = decoder_listener.local_addr()?;
         let vision = VisionArgs::new(model_args.clone());
         let decoder = DecoderArgs::new(model_args);
-        let gateway = GatewayArgs::new(model.clone(), vec![vision_addr.to_string()], vec![decoder_addr.to_string()]);
+        let mut gateway = GatewayArgs::new(model.clone(), vec![vision_addr.to_string()], vec![decoder_addr.to_string()]);
+        gateway.vae = args.vae.clone();
         tracing::info!(%vision_addr, %decoder_addr, gateway_addr = %args.listen, model = %model.display(), "starting all tiers");
         eprintln!("paligemma up: model {}", model.display());
         eprintln!("  vision tier  on {vision_addr}");

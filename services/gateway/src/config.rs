@@ -88,6 +88,10 @@ pub struct GatewayArgs {
     /// Soft-token dtype between the tiers for requests that leave `wire_dtype` unspecified.
     #[arg(long, value_enum, default_value_t = WireDtypeArg::Auto, env = "PALIGEMMA_GATEWAY_WIRE_DTYPE")]
     pub wire_dtype: WireDtypeArg,
+    /// big_vision's VQ-VAE checkpoint (`vae-oid.npz`) for the masks of `Segment`, loaded once at
+    /// startup; without it `Segment` answers FAILED_PRECONDITION (`Detect` works either way).
+    #[arg(long, env = "PALIGEMMA_GATEWAY_VAE")]
+    pub vae: Option<PathBuf>,
 }
 
 impl GatewayArgs {
@@ -105,6 +109,7 @@ impl GatewayArgs {
             max_image_bytes: DEFAULT_MAX_IMAGE_BYTES,
             max_prompt_bytes: DEFAULT_MAX_PROMPT_BYTES,
             wire_dtype: WireDtypeArg::Auto,
+            vae: None,
         }
     }
 

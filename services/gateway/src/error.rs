@@ -6,7 +6,8 @@
 //! forwarded with its code, message and details unchanged; invalid requests carry a
 //! `google.rpc.BadRequest` with one field violation per broken rule.
 
-use paligemma_text::TextError;
+use paligemma_segment::SegmentError;
+use paligemma_text::{DetectionError, TextError};
 use prost::Message;
 use prost::bytes::Bytes;
 use tonic::{Code, Status};
@@ -43,6 +44,17 @@ pub enum ValidationError {
     TopP(f32),
     #[error("wire_dtype: unknown value {0}")]
     WireDtype(i32),
+    /// Detect/Segment: the label list cannot form a task prompt (its `Display` names
+    /// `labels`).
+    #[error("{0}")]
+    Labels(DetectionError),
+    #[error("labels: the task prompt is {size} bytes, above the limit of {limit} bytes")]
+    LabelsTooLarge { size: usize, limit: usize },
+    #[error("box_convention: unknown value {0}")]
+    BoxConvention(i32),
+    /// The vision tier accepted the image but its size cannot be read from the header.
+    #[error("image: cannot read the image size from its header: {0}")]
+    ImageHeader(String),
 }
 
 impl ValidationError {
@@ -56,6 +68,9 @@ impl ValidationError {
             Self::Temperature(_) => "sampling.temperature",
             Self::TopP(_) => "sampling.top_p",
             Self::WireDtype(_) => "wire_dtype",
+            Self::Labels(_) | Self::LabelsTooLarge { .. } => "labels",
+            Self::BoxConvention(_) => "box_convention",
+            Self::ImageHeader(_) => "image",
         }
     }
 }
@@ -92,6 +107,12 @@ pub enum GatewayError {
     /// The tokenizer failed on a prompt or on generated ids.
     #[error(transparent)]
     Text(#[from] TextError),
+    /// Segment on a gateway started without `--vae`.
+    #[error("segment needs a VQ-VAE checkpoint: start the gateway with --vae DIR/vae-oid.npz")]
+    NoMaskDecoder,
+    /// The VQ-VAE mask decoder failed on a valid object.
+    #[error("mask decoding failed: {0}")]
+    Mask(SegmentError),
 }
 
 fn join(errors: &[ValidationError]) -> String {
@@ -125,6 +146,8 @@ impl From<GatewayError> for Status {
             ),
             GatewayError::Protocol { .. } => Status::internal(message),
             GatewayError::Text(_) => Status::internal("tokenizer failed"),
+            GatewayError::NoMaskDecoder => Status::failed_precondition(message),
+            GatewayError::Mask(_) => Status::internal("mask decoding failed"),
         }
     }
 }
@@ -231,5 +254,22 @@ mod tests {
             one.to_string(),
             "vision tier unavailable: 1 replica tried, last error: refused"
         );
+    }
+
+    #[test]
+    fn segment_without_a_vae_is_a_failed_precondition_naming_the_flag() {
+        let status = Status::from(GatewayError::NoMaskDecoder);
+        assert_eq!(status.code(), Code::FailedPrecondition);
+        assert!(status.message().contains("--vae"), "{}", status.message());
+    }
+
+    #[test]
+    fn bad_labels_name_the_labels_field() {
+        let status = Status::from(GatewayError::Invalid(vec![ValidationError::Labels(
+            DetectionError::EmptyLabelList { task: "detect" },
+        )]));
+        assert_eq!(status.code(), Code::InvalidArgument);
+        assert_eq!(bad_request_fields(&status), ["labels"]);
+        assert!(status.message().contains("labels"), "{}", status.message());
     }
 }

@@ -3,18 +3,22 @@
 //!
 //! It owns the tokenizer, request validation and the sequencing image → vision replica →
 //! decoder replica → detokenised stream, balancing each tier over its replicas. It holds no
-//! weights: it reads only `config.json` and `tokenizer.json` of the model directory.
+//! model weights: it reads only `config.json` and `tokenizer.json` of the model directory
+//! (plus, with `--vae`, the small VQ-VAE mask decoder that turns Segment's `<seg>` codes into
+//! masks).
 //!
 //! - [`config`]: [`GatewayArgs`] (clap, env fallbacks) and its validation.
 //! - [`validate`]: request rules → [`validate::ValidRequest`].
 //! - [`replicas`]: per-tier pools, round-robin, retry on transport failure, DNS refresh.
 //! - `pipeline`: one generation across the tiers; [`detokenize`]: ids → text deltas.
 //! - [`service`]: the tonic service; [`error`]: errors and the one mapping to `Status`.
+//! - [`detect`]: Detect/Segment — task prompts from labels, parsed boxes, VQ-VAE masks.
 //!
 //! Entry points: [`load`] then [`GatewayService::run`], or [`serve`] for both.
 #![forbid(unsafe_code)]
 
 pub mod config;
+pub mod detect;
 pub mod detokenize;
 pub mod error;
 mod pipeline;
@@ -27,6 +31,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use paligemma_model::PaliGemmaConfig;
 use paligemma_proto::v1::pali_gemma_server::PaliGemmaServer;
+use paligemma_segment::MaskDecoder;
 use paligemma_text::Tokenizer;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -73,6 +78,21 @@ pub fn load(args: &GatewayArgs) -> anyhow::Result<GatewayService> {
         default_wire_dtype: args.wire_dtype.wire(),
         num_image_tokens: config.num_image_tokens(),
     };
+    let masks = match &args.vae {
+        Some(path) => {
+            let decoder = MaskDecoder::from_npz(path).with_context(|| {
+                format!("cannot load the VQ-VAE checkpoint --vae {}", path.display())
+            })?;
+            tracing::info!(
+                vae = %path.display(),
+                codes = decoder.num_codes(),
+                codebook_width = decoder.codebook_width(),
+                "mask decoder loaded"
+            );
+            Some(Arc::new(decoder))
+        }
+        None => None,
+    };
     let pipeline = Pipeline {
         detokenizer: Detokenizer::new(tokenizer, eos_ids),
         vision: Arc::new(Pool::new(Tier::Vision, valid.vision)),
@@ -94,6 +114,7 @@ pub fn load(args: &GatewayArgs) -> anyhow::Result<GatewayService> {
         config,
         limits,
         pipeline,
+        masks,
         args.resolve_interval(),
     ))
 }

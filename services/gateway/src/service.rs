@@ -1,7 +1,6 @@
 //! The `paligemma.v1.PaliGemma` service: request ids, validation, and the streaming and unary
-//! faces of one `Pipeline`. Detect/Segment (structured `<loc>`/`<seg>` output, field numbers
-//! 16-31 reserved in gateway.proto) will be further methods here, parsing the text a pipeline
-//! run produces.
+//! faces of one `Pipeline`. Detect and Segment run the unary face on their task prompt and
+//! parse the text it produces ([`crate::detect`]).
 
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
@@ -13,15 +12,20 @@ use paligemma_model::{DecoderFamily, PaliGemmaConfig};
 use paligemma_proto::v1::decoder_client::DecoderClient;
 use paligemma_proto::v1::pali_gemma_server::{PaliGemma, PaliGemmaServer};
 use paligemma_proto::v1::{
-    DecoderInfo, DecoderInfoRequest, GenerateRequest, GenerateResponse, GenerateResult,
-    ListModelsRequest, ListModelsResponse, ModelCard, ModelInfoRequest,
+    DecoderInfo, DecoderInfoRequest, DetectRequest, DetectResponse, GenerateRequest,
+    GenerateResponse, GenerateResult, ListModelsRequest, ListModelsResponse, ModelCard,
+    ModelInfoRequest, SegmentRequest, SegmentResponse,
 };
+use paligemma_segment::{MaskDecoder, SegmentError};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::metadata::MetadataValue;
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
+use crate::detect::{
+    DetectFields, Generated, Task, image_size, into_segment, structured_response, validate_detect,
+};
 use crate::error::GatewayError;
 use crate::pipeline::Pipeline;
 use crate::replicas::{Pool, Tier};
@@ -48,6 +52,8 @@ struct Inner {
     config: PaliGemmaConfig,
     limits: Limits,
     pipeline: Pipeline,
+    /// The VQ-VAE mask decoder of `--vae`; `None` = Segment unavailable.
+    masks: Option<Arc<MaskDecoder>>,
     ids: RequestIds,
     resolve_interval: Option<Duration>,
 }
@@ -57,6 +63,7 @@ impl GatewayService {
         config: PaliGemmaConfig,
         limits: Limits,
         pipeline: Pipeline,
+        masks: Option<Arc<MaskDecoder>>,
         resolve_interval: Option<Duration>,
     ) -> Self {
         Self {
@@ -64,6 +71,7 @@ impl GatewayService {
                 config,
                 limits,
                 pipeline,
+                masks,
                 ids: RequestIds::new(),
                 resolve_interval,
             }),
@@ -115,26 +123,111 @@ impl GatewayService {
     fn validate(&self, request: GenerateRequest) -> Result<ValidRequest, Status> {
         let (image_bytes, prompt_bytes) = (request.image.len(), request.prompt.len());
         let inner = &self.inner;
-        match validate(
+        let result = validate(
             request,
             &inner.limits,
             inner.pipeline.detokenizer.tokenizer(),
-        ) {
-            Ok(valid) => {
-                tracing::debug!(
-                    image_bytes,
-                    prompt_tokens = valid.prompt_ids.len(),
-                    max_new_tokens = valid.max_new_tokens,
-                    "request accepted"
-                );
-                Ok(valid)
+        );
+        logged(result, image_bytes, prompt_bytes, |v| v)
+    }
+
+    /// Runs `valid` to completion and gathers the whole result (the unary face of the
+    /// pipeline). Runs inside the calling handler (no spawn): if the client goes away tonic
+    /// drops the handler, and with it the decoder call.
+    async fn run_unary(&self, valid: ValidRequest, id: &str) -> Result<GenerateResult, Status> {
+        let (tx, mut rx) = mpsc::channel(STREAM_BUFFER);
+        let pipeline = &self.inner.pipeline;
+        // Owns the only sender: when the run ends the channel closes, ending `collect`.
+        let produce = async move { pipeline.run(valid, id, &tx).await };
+        let collect = async move {
+            let mut result = GenerateResult::default();
+            while let Some(response) = rx.recv().await {
+                let r = response?;
+                result.text.push_str(&r.text);
+                result.token_ids.extend(r.token_ids);
+                result.logprobs.extend(r.logprobs);
+                if r.finish_reason != 0 {
+                    result.finish_reason = r.finish_reason;
+                }
+                if r.usage.is_some() {
+                    result.usage = r.usage;
+                }
             }
-            Err(err @ GatewayError::Invalid(_)) => {
-                tracing::info!(image_bytes, prompt_bytes, error = %err, "request rejected");
-                Err(err.into())
+            Ok::<_, Status>(result)
+        };
+        let ((), result) = tokio::join!(produce, collect);
+        result
+    }
+
+    /// Detect or Segment: validate, generate on the task prompt, parse (and decode masks).
+    async fn structured(
+        &self,
+        task: Task,
+        fields: DetectFields,
+        id: &str,
+        span: tracing::Span,
+    ) -> Result<DetectResponse, Status> {
+        let masks = match task {
+            Task::Detect => None,
+            Task::Segment => match &self.inner.masks {
+                Some(m) => Some(Arc::clone(m)),
+                None => {
+                    span.in_scope(|| tracing::info!("segment refused: no --vae configured"));
+                    return Err(GatewayError::NoMaskDecoder.into());
+                }
+            },
+        };
+        let image_bytes = fields.image.len();
+        let label_bytes = fields.labels.iter().map(String::len).sum();
+        let valid = span.in_scope(|| {
+            let inner = &self.inner;
+            let result = validate_detect(
+                task,
+                fields,
+                &inner.limits,
+                inner.pipeline.detokenizer.tokenizer(),
+            );
+            logged(result, image_bytes, label_bytes, |v| &v.generate)
+        })?;
+        // Read now, reported only after generation: an image the vision tier cannot decode
+        // is rejected there, with its own status.
+        let size = image_size(&valid.generate.image);
+        let result = self
+            .run_unary(valid.generate, id)
+            .instrument(span.clone())
+            .await?;
+        let size = size.map_err(|e| GatewayError::Invalid(vec![e]))?;
+        let generated = Generated {
+            text: result.text,
+            usage: result.usage,
+            size,
+        };
+        let (options, png) = (valid.options, valid.return_png);
+        let response = match masks {
+            None => structured_response(generated, &options, None),
+            Some(decoder) => tokio::task::spawn_blocking(move || {
+                structured_response(generated, &options, Some((&decoder, png)))
+            })
+            .await
+            .unwrap_or_else(|e| {
+                Err(GatewayError::Mask(SegmentError::Compute(format!(
+                    "mask task failed: {e}"
+                ))))
+            }),
+        };
+        let _enter = span.enter();
+        match response {
+            Ok(r) => {
+                tracing::info!(
+                    request_id = id,
+                    objects = r.objects.len(),
+                    invalid = r.invalid.len(),
+                    "parsed structured output"
+                );
+                Ok(r)
             }
             Err(err) => {
-                tracing::error!(error = %err, "request validation failed");
+                tracing::error!(request_id = id, error = %err, "structured output failed");
                 Err(err.into())
             }
         }
@@ -186,6 +279,36 @@ impl GatewayService {
     }
 }
 
+/// Logs how validation went (sizes only, never the prompt or labels: `prompt_bytes` is the
+/// prompt's length, or the labels' total for Detect/Segment) and maps the error.
+fn logged<T>(
+    result: Result<T, GatewayError>,
+    image_bytes: usize,
+    prompt_bytes: usize,
+    request: impl Fn(&T) -> &ValidRequest,
+) -> Result<T, Status> {
+    match result {
+        Ok(valid) => {
+            let r = request(&valid);
+            tracing::debug!(
+                image_bytes,
+                prompt_tokens = r.prompt_ids.len(),
+                max_new_tokens = r.max_new_tokens,
+                "request accepted"
+            );
+            Ok(valid)
+        }
+        Err(err @ GatewayError::Invalid(_)) => {
+            tracing::info!(image_bytes, prompt_bytes, error = %err, "request rejected");
+            Err(err.into())
+        }
+        Err(err) => {
+            tracing::error!(error = %err, "request validation failed");
+            Err(err.into())
+        }
+    }
+}
+
 fn to_u32(n: usize) -> u32 {
     u32::try_from(n).unwrap_or(u32::MAX)
 }
@@ -230,32 +353,30 @@ impl PaliGemma for GatewayService {
     ) -> Result<Response<GenerateResult>, Status> {
         let (id, request, span) = self.start(request, "GenerateUnary");
         let valid = span.in_scope(|| self.validate(request))?;
-        let inner = &self.inner;
-        // Runs inside this handler (no spawn): if the client goes away tonic drops the
-        // handler, and with it the decoder call.
-        let (tx, mut rx) = mpsc::channel(STREAM_BUFFER);
-        let request_id = id.clone();
-        let produce = async move { inner.pipeline.run(valid, &request_id, &tx).await };
-        let collect = async {
-            let mut result = GenerateResult::default();
-            while let Some(response) = rx.recv().await {
-                let r = response?;
-                result.text.push_str(&r.text);
-                result.token_ids.extend(r.token_ids);
-                result.logprobs.extend(r.logprobs);
-                if r.finish_reason != 0 {
-                    result.finish_reason = r.finish_reason;
-                }
-                if r.usage.is_some() {
-                    result.usage = r.usage;
-                }
-            }
-            Ok::<_, Status>(result)
-        };
-        let ((), result) = async { tokio::join!(produce, collect) }
-            .instrument(span)
-            .await;
-        Ok(with_request_id(Response::new(result?), &id))
+        let result = self.run_unary(valid, &id).instrument(span).await?;
+        Ok(with_request_id(Response::new(result), &id))
+    }
+
+    async fn detect(
+        &self,
+        request: Request<DetectRequest>,
+    ) -> Result<Response<DetectResponse>, Status> {
+        let (id, request, span) = self.start(request, "Detect");
+        let response = self
+            .structured(Task::Detect, request.into(), &id, span)
+            .await?;
+        Ok(with_request_id(Response::new(response), &id))
+    }
+
+    async fn segment(
+        &self,
+        request: Request<SegmentRequest>,
+    ) -> Result<Response<SegmentResponse>, Status> {
+        let (id, request, span) = self.start(request, "Segment");
+        let response = self
+            .structured(Task::Segment, request.into(), &id, span)
+            .await?;
+        Ok(with_request_id(Response::new(into_segment(response)), &id))
     }
 
     async fn list_models(
