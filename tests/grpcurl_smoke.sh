@@ -62,6 +62,11 @@ echo "== Generate (server streaming)"
 grpcurl -plaintext -d @ "$ADDR" paligemma.v1.PaliGemma/Generate < "$WORK/req.json" > "$WORK/stream.txt"
 grep -q FINISH_REASON_LENGTH "$WORK/stream.txt" || fail "stream has no finish reason"
 
+echo "== Detect returns structured objects and the raw text"
+printf '{"image":"%s","labels":["house","sun"],"max_new_tokens":12}' "$(base64 -w0 tests/fixtures/images/photo.jpg)" > "$WORK/detect.json"
+grpcurl -plaintext -d @ "$ADDR" paligemma.v1.PaliGemma/Detect < "$WORK/detect.json" > "$WORK/detect.out" || fail "Detect"
+grep -q '"rawText"' "$WORK/detect.out" || fail "Detect response has no rawText: $(cat "$WORK/detect.out")"
+
 echo "== bad input is INVALID_ARGUMENT naming the field"
 if grpcurl -plaintext -d '{"prompt":"caption en"}' "$ADDR" paligemma.v1.PaliGemma/GenerateUnary > "$WORK/bad.txt" 2>&1; then
   fail "empty image accepted"
