@@ -3,6 +3,7 @@
 
 mod annotate;
 mod bench;
+mod bench_compare;
 mod bench_stack;
 mod detect;
 mod generate;
@@ -37,6 +38,9 @@ enum Command {
     /// Measure soft-token transfer over gRPC vs in-process, and the gateway's own per-request
     /// overhead.
     BenchStack(bench_stack::BenchStackArgs),
+    /// Side-by-side with Hugging Face transformers on identical random weights (needs the
+    /// tools/reference Python environment for the comparison).
+    BenchCompare(bench_compare::BenchCompareArgs),
     /// Run one tier's gRPC server (vision, decoder or gateway), as deployed.
     Serve(serve::ServeArgs),
     /// Run all three tiers in one process on loopback (gateway on 127.0.0.1:50051).
@@ -60,6 +64,7 @@ fn main() -> ExitCode {
         Command::Segment(args) => detect::run(&args, detect::Task::Segment),
         Command::Bench(args) => bench::run(&args),
         Command::BenchStack(args) => bench_stack::run(&args),
+        Command::BenchCompare(args) => bench_compare::run(&args),
         Command::Serve(args) => serve::serve(args),
         Command::Up(args) => serve::up(args),
     };
