@@ -32,13 +32,22 @@ impl Linear {
 
 impl Module for Linear {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = match x.dims() {
-            [_, _] => x.matmul(&self.weight.t()?)?,
-            _ => x.broadcast_matmul(&self.weight.t()?)?,
+        let y = match super::gemv::single_row(&self.weight, x)? {
+            Some(y) => y,
+            None => self.matmul(x)?,
         };
         match &self.bias {
             Some(b) => y.broadcast_add(b),
             None => Ok(y),
+        }
+    }
+}
+
+impl Linear {
+    fn matmul(&self, x: &Tensor) -> Result<Tensor> {
+        match x.dims() {
+            [_, _] => x.matmul(&self.weight.t()?),
+            _ => x.broadcast_matmul(&self.weight.t()?),
         }
     }
 }
