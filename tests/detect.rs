@@ -3,36 +3,26 @@
 //! random model emits whatever it emits; what must hold is that every response is well formed
 //! and consistent with `parse_detections` of its own raw text (and `object_mask` for masks).
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use paligemma_decoder_service::DecoderArgs;
-use paligemma_gateway_service::GatewayArgs;
-use paligemma_proto::v1::pali_gemma_client::PaliGemmaClient;
 use paligemma_proto::v1::{
     DetectRequest, DetectResponse, DetectedObject, GenerateRequest, InvalidObject, SegmentRequest,
 };
-use paligemma_rpc::{DtypeArg, ModelArgs};
 use paligemma_segment::{MaskDecoder, object_mask};
 use paligemma_text::{ImageSize, ParseOptions, ParsedOutput, parse_detections};
-use paligemma_vision_service::VisionArgs;
 use serde_json::Value;
-use tokio::net::TcpListener;
-use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
-use tonic::transport::Channel;
 
 const MODEL: &str = "pg1-32";
 /// Long enough for the random model to write an object for these labels and this image.
 const MAX_NEW_TOKENS: u32 = 60;
 
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
-}
+mod common;
+
+use common::{Running, client, fixtures, start_decoder, start_gateway, start_vision};
 
 fn model_dir() -> PathBuf {
-    fixtures().join("models").join(MODEL)
+    common::model_dir(MODEL)
 }
 
 fn vae() -> PathBuf {
@@ -48,71 +38,15 @@ fn image_size(bytes: &[u8]) -> ImageSize {
     ImageSize::new(img.width(), img.height()).expect("non-empty")
 }
 
-fn model_args() -> ModelArgs {
-    ModelArgs {
-        model: model_dir(),
-        model_id: None,
-        dtype: DtypeArg::F32,
-        device: "cpu".into(),
-    }
-}
-
-/// One running tier; `stop` shuts it down and checks it exited cleanly.
-struct Running {
-    addr: SocketAddr,
-    shutdown: CancellationToken,
-    task: JoinHandle<anyhow::Result<()>>,
-}
-
-impl Running {
-    async fn start<F>(serve: impl FnOnce(TcpListener, CancellationToken) -> F) -> Self
-    where
-        F: Future<Output = anyhow::Result<()>> + Send + 'static,
-    {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let shutdown = CancellationToken::new();
-        let task = tokio::spawn(serve(listener, shutdown.clone()));
-        Self {
-            addr,
-            shutdown,
-            task,
-        }
-    }
-
-    async fn stop(self) {
-        self.shutdown.cancel();
-        self.task
-            .await
-            .expect("tier task")
-            .expect("tier exits cleanly");
-    }
-}
-
 /// Vision, decoder and a gateway with `--vae` set, each its own server.
 async fn start_stack() -> [Running; 3] {
-    let vision =
-        Running::start(|l, s| paligemma_vision_service::serve(VisionArgs::new(model_args()), l, s))
-            .await;
-    let decoder = Running::start(|l, s| {
-        paligemma_decoder_service::serve(DecoderArgs::new(model_args()), l, s)
+    let vision = start_vision(MODEL).await;
+    let decoder = start_decoder(MODEL).await;
+    let gateway = start_gateway(MODEL, &[vision.addr], &[decoder.addr], |args| {
+        args.vae = Some(vae())
     })
     .await;
-    let mut args = GatewayArgs::new(
-        model_dir(),
-        vec![vision.addr.to_string()],
-        vec![decoder.addr.to_string()],
-    );
-    args.vae = Some(vae());
-    let gateway = Running::start(|l, s| paligemma_gateway_service::serve(args, l, s)).await;
     [vision, decoder, gateway]
-}
-
-fn client(addr: SocketAddr) -> PaliGemmaClient<Channel> {
-    let channel = Channel::from_shared(format!("http://{addr}"))
-        .expect("uri")
-        .connect_lazy();
-    PaliGemmaClient::new(channel)
 }
 
 /// The response's objects and invalid entries are what `parse_detections` makes of its

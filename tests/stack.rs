@@ -2,115 +2,18 @@
 //! server and port, as deployed), driven through the gateway's public API, compared with
 //! in-process generation on the same checkpoint.
 
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-
 use candle_core::{DType, Device, Tensor};
-use paligemma_decoder_service::DecoderArgs;
 use paligemma_engine::{
     GenerateRequest as EngineRequest, SamplingParams as EngineSampling, generate,
 };
-use paligemma_gateway_service::GatewayArgs;
 use paligemma_model::{LoadOptions, ModelFiles, PaliGemma};
-use paligemma_proto::v1::pali_gemma_client::PaliGemmaClient;
 use paligemma_proto::v1::{FinishReason, GenerateRequest, SamplingParams, WireDtype};
-use paligemma_rpc::{DtypeArg, ModelArgs};
 use paligemma_text::{PromptLayout, Tokenizer};
-use paligemma_vision_service::VisionArgs;
-use tokio::net::TcpListener;
-use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
 use tonic::Code;
-use tonic::transport::Channel;
 
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
-}
+mod common;
 
-fn model_args(case: &str) -> ModelArgs {
-    ModelArgs {
-        model: fixtures().join("models").join(case),
-        model_id: None,
-        dtype: DtypeArg::F32,
-        device: "cpu".into(),
-    }
-}
-
-/// One running tier; dropping it does not stop it, `stop` does.
-struct Running {
-    addr: SocketAddr,
-    shutdown: CancellationToken,
-    task: JoinHandle<anyhow::Result<()>>,
-}
-
-impl Running {
-    async fn stop(self) {
-        self.shutdown.cancel();
-        self.task
-            .await
-            .expect("tier task")
-            .expect("tier exits cleanly");
-    }
-}
-
-async fn listener() -> (TcpListener, SocketAddr) {
-    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = l.local_addr().expect("addr");
-    (l, addr)
-}
-
-async fn start_vision(case: &str) -> Running {
-    let (l, addr) = listener().await;
-    let shutdown = CancellationToken::new();
-    let task = tokio::spawn(paligemma_vision_service::serve(
-        VisionArgs::new(model_args(case)),
-        l,
-        shutdown.clone(),
-    ));
-    Running {
-        addr,
-        shutdown,
-        task,
-    }
-}
-
-async fn start_decoder(case: &str) -> Running {
-    let (l, addr) = listener().await;
-    let shutdown = CancellationToken::new();
-    let task = tokio::spawn(paligemma_decoder_service::serve(
-        DecoderArgs::new(model_args(case)),
-        l,
-        shutdown.clone(),
-    ));
-    Running {
-        addr,
-        shutdown,
-        task,
-    }
-}
-
-async fn start_gateway(case: &str, vision: &[SocketAddr], decoder: &[SocketAddr]) -> Running {
-    let (l, addr) = listener().await;
-    let shutdown = CancellationToken::new();
-    let args = GatewayArgs::new(
-        fixtures().join("models").join(case),
-        vision.iter().map(ToString::to_string).collect(),
-        decoder.iter().map(ToString::to_string).collect(),
-    );
-    let task = tokio::spawn(paligemma_gateway_service::serve(args, l, shutdown.clone()));
-    Running {
-        addr,
-        shutdown,
-        task,
-    }
-}
-
-async fn client(addr: SocketAddr) -> PaliGemmaClient<Channel> {
-    let channel = Channel::from_shared(format!("http://{addr}"))
-        .expect("uri")
-        .connect_lazy();
-    PaliGemmaClient::new(channel)
-}
+use common::{client, fixtures, start_decoder, start_gateway, start_vision};
 
 struct Case {
     name: &'static str,
@@ -193,8 +96,8 @@ async fn gateway_returns_the_in_process_greedy_tokens_for_pg1_and_pg2_over_f32_a
         let c = case(name);
         let vision = start_vision(name).await;
         let decoder = start_decoder(name).await;
-        let gateway = start_gateway(name, &[vision.addr], &[decoder.addr]).await;
-        let mut client = client(gateway.addr).await;
+        let gateway = start_gateway(name, &[vision.addr], &[decoder.addr], |_| ()).await;
+        let mut client = client(gateway.addr);
         for wire in [WireDtype::F32, WireDtype::Bf16] {
             let want = in_process_tokens(&c, wire, 24);
             let unary = client
@@ -236,8 +139,8 @@ async fn two_replicas_per_tier_survive_losing_one_of_each() {
     let want = in_process_tokens(&c, WireDtype::F32, 6);
     let (v1, v2) = (start_vision(name).await, start_vision(name).await);
     let (d1, d2) = (start_decoder(name).await, start_decoder(name).await);
-    let gateway = start_gateway(name, &[v1.addr, v2.addr], &[d1.addr, d2.addr]).await;
-    let mut client = client(gateway.addr).await;
+    let gateway = start_gateway(name, &[v1.addr, v2.addr], &[d1.addr, d2.addr], |_| ()).await;
+    let mut client = client(gateway.addr);
     for _ in 0..4 {
         let out = client
             .generate_unary(request(&c, WireDtype::F32, 6))
@@ -275,8 +178,8 @@ async fn bad_requests_through_the_real_tiers_are_invalid_argument_naming_the_fie
     let c = case(name);
     let vision = start_vision(name).await;
     let decoder = start_decoder(name).await;
-    let gateway = start_gateway(name, &[vision.addr], &[decoder.addr]).await;
-    let mut client = client(gateway.addr).await;
+    let gateway = start_gateway(name, &[vision.addr], &[decoder.addr], |_| ()).await;
+    let mut client = client(gateway.addr);
     let good = request(&c, WireDtype::Unspecified, 4);
     let cases: Vec<(&str, GenerateRequest)> = vec![
         (
