@@ -15,7 +15,11 @@ pub fn single_row(weight: &Tensor, x: &Tensor) -> Result<Option<Tensor>> {
     let (rows, cols) = weight.dims2()?;
     let dtype = weight.dtype();
     let single = matches!(x.dims(), [1, c] | [1, 1, c] if *c == cols);
-    if !single || !x.device().is_cpu() || x.dtype() != dtype || !matches!(dtype, DType::F32 | DType::BF16) {
+    if !single
+        || !x.device().is_cpu()
+        || x.dtype() != dtype
+        || !matches!(dtype, DType::F32 | DType::BF16)
+    {
         return Ok(None);
     }
     let xs = x.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
@@ -23,14 +27,28 @@ pub fn single_row(weight: &Tensor, x: &Tensor) -> Result<Option<Tensor>> {
     let threads = candle_core::utils::get_num_threads();
     {
         let (storage, layout) = weight.storage_and_layout();
-        let Storage::Cpu(cpu) = &*storage else { return Ok(None) };
+        let Storage::Cpu(cpu) = &*storage else {
+            return Ok(None);
+        };
         if !layout.is_contiguous() {
             return Ok(None);
         }
         let range = layout.start_offset()..layout.start_offset() + rows * cols;
         let result = match dtype {
-            DType::F32 => paligemma_kernels::gemv_f32(&cpu.as_slice::<f32>()?[range], &xs, &mut y, cols, threads),
-            _ => paligemma_kernels::gemv_bf16(&cpu.as_slice::<bf16>()?[range], &xs, &mut y, cols, threads),
+            DType::F32 => paligemma_kernels::gemv_f32(
+                &cpu.as_slice::<f32>()?[range],
+                &xs,
+                &mut y,
+                cols,
+                threads,
+            ),
+            _ => paligemma_kernels::gemv_bf16(
+                &cpu.as_slice::<bf16>()?[range],
+                &xs,
+                &mut y,
+                cols,
+                threads,
+            ),
         };
         result.map_err(|e| candle_core::Error::Msg(format!("gemv: {e}")))?;
     }
@@ -38,7 +56,9 @@ pub fn single_row(weight: &Tensor, x: &Tensor) -> Result<Option<Tensor>> {
     if let Some(last) = shape.last_mut() {
         *last = rows;
     }
-    Ok(Some(Tensor::from_vec(y, shape, x.device())?.to_dtype(dtype)?))
+    Ok(Some(
+        Tensor::from_vec(y, shape, x.device())?.to_dtype(dtype)?,
+    ))
 }
 
 #[cfg(test)]
@@ -57,9 +77,14 @@ mod tests {
         assert!(diff < 1e-4, "f32 diff {diff}");
 
         let (wb, xb) = (w.to_dtype(DType::BF16)?, x.to_dtype(DType::BF16)?);
-        let want = xb.to_dtype(DType::F32)?.matmul(&wb.to_dtype(DType::F32)?.t()?)?;
-        let got = single_row(&wb, &xb)?.expect("fast path applies").to_dtype(DType::F32)?;
-        let rel = ((got - &want)?.abs()?.max_all()?.to_scalar::<f32>()?) / want.abs()?.max_all()?.to_scalar::<f32>()?;
+        let want = xb
+            .to_dtype(DType::F32)?
+            .matmul(&wb.to_dtype(DType::F32)?.t()?)?;
+        let got = single_row(&wb, &xb)?
+            .expect("fast path applies")
+            .to_dtype(DType::F32)?;
+        let rel = ((got - &want)?.abs()?.max_all()?.to_scalar::<f32>()?)
+            / want.abs()?.max_all()?.to_scalar::<f32>()?;
         assert!(rel < 8e-3, "bf16 relative diff {rel} (one output rounding)");
         Ok(())
     }
@@ -70,7 +95,13 @@ mod tests {
         let w = Tensor::randn(0f32, 1.0, (8, 16), &dev)?;
         assert!(single_row(&w, &Tensor::zeros((2, 16), DType::F32, &dev)?)?.is_none());
         assert!(single_row(&w, &Tensor::zeros((1, 16), DType::BF16, &dev)?)?.is_none());
-        assert!(single_row(&w.t()?.contiguous()?.t()?, &Tensor::zeros((1, 8), DType::F32, &dev)?)?.is_none());
+        assert!(
+            single_row(
+                &w.t()?.contiguous()?.t()?,
+                &Tensor::zeros((1, 8), DType::F32, &dev)?
+            )?
+            .is_none()
+        );
         Ok(())
     }
 }
