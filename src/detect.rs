@@ -153,18 +153,17 @@ fn generate_text(
     let pixel_values = pipeline.pixel_values(image_bytes)?;
     let features = model.encode_images(&pixel_values)?.squeeze(0)?;
     let layout = PromptLayout::build(
-        &pipeline.tokenizer,
+        pipeline.tokenizer(),
         prompt,
         model.config().num_image_tokens(),
     )?;
-    let mut eos_ids = model.config().eos_token_ids.clone();
-    eos_ids.push(pipeline.tokenizer.eos_id());
+    let eos_ids = &pipeline.eos_ids;
     let request = GenerateRequest {
         prompt_ids: &layout.ids,
         image_features: &features,
         max_new_tokens,
         sampling: SamplingParams::default(),
-        eos_ids: &eos_ids,
+        eos_ids,
         stop_ids: &[],
         logprobs: false,
         keep_logits: false,
@@ -180,7 +179,7 @@ fn generate_text(
         prompt_tokens: u32::try_from(layout.ids.len()).unwrap_or(u32::MAX),
         generated_tokens: u32::try_from(output.tokens.len()).unwrap_or(u32::MAX),
     };
-    Ok((pipeline.tokenizer.decode(&text_ids, true)?, usage))
+    Ok((pipeline.tokenizer().decode(&text_ids, true)?, usage))
 }
 
 fn write_annotated(image_bytes: &[u8], response: &pb::DetectResponse, out: &PathBuf) -> Result<()> {

@@ -69,7 +69,7 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
     let model = &pipeline.model;
     let image_features = model.encode_images(&pixel_values)?.squeeze(0)?;
     let prompt = PromptLayout::build(
-        &pipeline.tokenizer,
+        pipeline.tokenizer(),
         &args.prompt,
         model.config().num_image_tokens(),
     )?;
@@ -79,33 +79,35 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
         top_p: args.top_p,
         seed: args.seed,
     };
-    let mut eos_ids = model.config().eos_token_ids.clone();
-    eos_ids.push(pipeline.tokenizer.eos_id());
+    let eos_ids = &pipeline.eos_ids;
     let request = GenerateRequest {
         prompt_ids: &prompt.ids,
         image_features: &image_features,
         max_new_tokens: args.max_new_tokens,
         sampling,
-        eos_ids: &eos_ids,
+        eos_ids,
         stop_ids: &[],
         logprobs: args.logprobs,
         keep_logits: args.dump.is_some(),
     };
 
-    let mut streamer = TextStreamer::default();
+    let mut streamer = pipeline.detokenizer.stream();
     let output = generate(model.decoder(), &request, |token, _| {
         if !args.json {
-            streamer.push(&pipeline, token);
+            print_delta(streamer.push(token));
         }
         true
     })?;
+    if !args.json {
+        print_delta(streamer.finish());
+    }
     let text_ids: Vec<u32> = output
         .tokens
         .iter()
         .copied()
         .filter(|t| !eos_ids.contains(t))
         .collect();
-    let text = pipeline.tokenizer.decode(&text_ids, true)?;
+    let text = pipeline.tokenizer().decode(&text_ids, true)?;
     if args.json {
         let mut json = serde_json::json!({
             "text": text,
@@ -126,31 +128,14 @@ pub fn run(args: &GenerateArgs) -> Result<()> {
     Ok(())
 }
 
-/// Prints decoded text as tokens arrive: re-decodes the generated ids and writes the new suffix,
-/// so multi-token characters (byte fallback) appear once complete.
-#[derive(Default)]
-struct TextStreamer {
-    ids: Vec<u32>,
-    printed: usize,
-}
-
-impl TextStreamer {
-    fn push(&mut self, pipeline: &Pipeline, token: u32) {
-        if token == pipeline.tokenizer.eos_id() {
-            return;
-        }
-        self.ids.push(token);
-        let Ok(text) = pipeline.tokenizer.decode(&self.ids, true) else {
-            return;
-        };
-        if text.len() > self.printed
-            && text.is_char_boundary(self.printed)
-            && !text.ends_with('\u{FFFD}')
-        {
-            print!("{}", &text[self.printed..]);
-            let _ = std::io::stdout().flush();
-            self.printed = text.len();
-        }
+/// Writes a streamed text delta to stdout at once (a tokenizer failure only ends streaming;
+/// the final text is decoded again from all ids).
+fn print_delta(delta: Result<String, paligemma_text::TextError>) {
+    if let Ok(delta) = delta
+        && !delta.is_empty()
+    {
+        print!("{delta}");
+        let _ = std::io::stdout().flush();
     }
 }
 

@@ -5,13 +5,18 @@ use std::path::Path;
 
 use anyhow::{Context, Result, bail};
 use candle_core::{Device, Tensor};
+use paligemma_gateway_service::detokenize::Detokenizer;
 use paligemma_image::{PixelValues, PreprocessorConfig};
 use paligemma_model::{LoadOptions, ModelFiles, PaliGemma};
 use paligemma_text::Tokenizer;
+use paligemma_vision_service::preprocessor_config;
 
 pub struct Pipeline {
     pub model: PaliGemma,
-    pub tokenizer: Tokenizer,
+    /// The tokenizer, with the streaming detokeniser the gateway uses.
+    pub detokenizer: Detokenizer,
+    /// Ids that end generation: the checkpoint's `eos_token_id`s and the tokenizer's `<eos>`.
+    pub eos_ids: Vec<u32>,
     pub preprocessor: PreprocessorConfig,
 }
 
@@ -32,11 +37,18 @@ impl Pipeline {
             );
         }
         let preprocessor = preprocessor_config(&files, config.vision.image_size)?;
+        let mut eos_ids = config.eos_token_ids.clone();
+        eos_ids.push(tokenizer.eos_id());
         Ok(Self {
+            detokenizer: Detokenizer::new(tokenizer, eos_ids.clone()),
+            eos_ids,
             model,
-            tokenizer,
             preprocessor,
         })
+    }
+
+    pub fn tokenizer(&self) -> &Tokenizer {
+        self.detokenizer.tokenizer()
     }
 
     /// Decoded image bytes → `pixel_values [1, 3, S, S]` f32.
@@ -53,32 +65,4 @@ pub fn pixels_to_tensor(p: PixelValues, device: &Device) -> Result<Tensor> {
         (shape[0], shape[1], shape[2], shape[3]),
         device,
     )?)
-}
-
-/// `preprocessor_config.json` (hub checkpoints), else the `image_processor` section of
-/// `processor_config.json` (what transformers 5.x `save_pretrained` writes), else the SigLIP
-/// defaults at the model's resolution. The resize target must equal the model's input size.
-fn preprocessor_config(files: &ModelFiles, image_size: usize) -> Result<PreprocessorConfig> {
-    let processor_json = files.dir.join("processor_config.json");
-    let cfg = if let Some(path) = &files.preprocessor_config {
-        PreprocessorConfig::from_file(path)?
-    } else if processor_json.is_file() {
-        let text = std::fs::read_to_string(&processor_json)?;
-        let value: serde_json::Value = serde_json::from_str(&text)
-            .with_context(|| format!("{}: invalid JSON", processor_json.display()))?;
-        match value.get("image_processor") {
-            Some(section) => PreprocessorConfig::from_json_value(section)?,
-            None => PreprocessorConfig::square(image_size as u32),
-        }
-    } else {
-        PreprocessorConfig::square(image_size as u32)
-    };
-    if cfg.height as usize != image_size || cfg.width as usize != image_size {
-        bail!(
-            "preprocessor resizes to {}x{} but the vision tower takes {image_size}x{image_size}",
-            cfg.width,
-            cfg.height
-        );
-    }
-    Ok(cfg)
 }
