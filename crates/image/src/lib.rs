@@ -38,6 +38,7 @@ pub mod error;
 mod jpeg;
 pub mod preprocess;
 pub mod resize;
+mod simd;
 
 pub use config::PreprocessorConfig;
 pub use decode::{AlphaMode, DEFAULT_MAX_PIXELS, DecodeOptions, decode, decode_with};

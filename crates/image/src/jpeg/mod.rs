@@ -76,7 +76,7 @@ mod huffman;
 mod idct;
 mod scan;
 
-use color::{component_plane, upsample, ycc_to_rgb};
+use color::{component_plane, planes_to_pixels};
 use huffman::Huffman;
 use scan::decode_scan;
 
@@ -338,32 +338,25 @@ fn finish_frame(
 ) -> Result<JpegImage, JpegError> {
     let (w, h) = (frame.width, frame.height);
     let mut planes = Vec::with_capacity(frame.comps.len());
+    let mut factors = Vec::with_capacity(frame.comps.len());
     for c in &frame.comps {
-        let plane = component_plane(c)?;
-        planes.push(upsample(&plane, frame.hmax / c.h, frame.vmax / c.v, w, h));
+        planes.push(component_plane(c)?);
+        factors.push((frame.hmax / c.h, frame.vmax / c.v));
     }
-    let (channels, data) = match planes.as_slice() {
-        [grey] => (1, grey.clone()),
-        [a, b, c] => {
-            let ids: Vec<u8> = frame.comps.iter().map(|c| c.id).collect();
-            // libjpeg's guess of the colour space of a three-component file.
-            let rgb = match adobe_transform {
-                _ if jfif => false,
-                Some(t) => t == 0,
-                None => ids == [b'R', b'G', b'B'],
-            };
-            if rgb {
-                let mut out = Vec::with_capacity(w * h * 3);
-                for ((&r, &g), &b) in a.iter().zip(b).zip(c) {
-                    out.extend_from_slice(&[r, g, b]);
-                }
-                (3, out)
-            } else {
-                (3, ycc_to_rgb(a, b, c))
-            }
-        }
+    let channels = match planes.len() {
+        1 => 1,
+        3 => 3,
         _ => return unsupported("component count"),
     };
+    let ids: Vec<u8> = frame.comps.iter().map(|c| c.id).collect();
+    // libjpeg's guess of the colour space of a three-component file.
+    let rgb = match adobe_transform {
+        _ if jfif => false,
+        Some(t) => t == 0,
+        None => ids == [b'R', b'G', b'B'],
+    };
+    let mut data = vec![0u8; w * h * channels];
+    planes_to_pixels(&planes, &factors, w, channels == 3 && !rgb, &mut data);
     Ok(JpegImage {
         width: w as u32,
         height: h as u32,
@@ -488,9 +481,20 @@ mod tests {
     #[test]
     fn ycc_conversion_matches_libjpeg_tables() {
         // Values computed with libjpeg's formulas: grey stays grey, pure chroma saturates.
-        assert_eq!(ycc_to_rgb(&[128], &[128], &[128]), vec![128, 128, 128]);
-        assert_eq!(ycc_to_rgb(&[76], &[85], &[255]), vec![254, 0, 0]);
-        assert_eq!(ycc_to_rgb(&[0], &[0], &[0]), vec![0, 135, 0]);
+        let ycc_to_rgb = |y: u8, cb: u8, cr: u8| {
+            let p = |v: u8| color::Plane {
+                data: vec![v; 64],
+                stride: 8,
+                w: 1,
+                h: 1,
+            };
+            let mut out = vec![0u8; 3];
+            planes_to_pixels(&[p(y), p(cb), p(cr)], &[(1, 1); 3], 1, true, &mut out);
+            out
+        };
+        assert_eq!(ycc_to_rgb(128, 128, 128), vec![128, 128, 128]);
+        assert_eq!(ycc_to_rgb(76, 85, 255), vec![254, 0, 0]);
+        assert_eq!(ycc_to_rgb(0, 0, 0), vec![0, 135, 0]);
     }
 
     #[test]
