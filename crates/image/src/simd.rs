@@ -35,3 +35,28 @@ macro_rules! avx2_dispatch {
 }
 
 pub(crate) use avx2_dispatch;
+
+/// Work below this many output bytes is not worth a second thread.
+const PARALLEL_MIN_BYTES: usize = 1 << 17;
+
+/// Calls `f(first_unit, chunk)` on `data` split in two at a multiple of `unit` elements (the
+/// second half on a scoped helper thread) when `data` is big enough, else once on all of it.
+/// The stages using it compute each output row independently, so the split cannot change
+/// results.
+pub(crate) fn split_in_two<T: Send>(
+    data: &mut [T],
+    unit: usize,
+    f: impl Fn(usize, &mut [T]) + Sync,
+) {
+    let units = data.len().checked_div(unit).unwrap_or(0);
+    if units < 2 || std::mem::size_of_val(data) < PARALLEL_MIN_BYTES {
+        f(0, data);
+        return;
+    }
+    let mid = units / 2;
+    let (a, b) = data.split_at_mut(mid * unit);
+    std::thread::scope(|s| {
+        s.spawn(|| f(mid, b));
+        f(0, a);
+    });
+}

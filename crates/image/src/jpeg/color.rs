@@ -19,7 +19,10 @@ pub(super) fn component_plane(c: &Component) -> Result<Plane, JpegError> {
     };
     let stride = c.bw * 8;
     let mut data = vec![0u8; stride * c.bh * 8];
-    idct_plane(&c.coefs, c.bw, quant, &mut data);
+    crate::simd::split_in_two(&mut data, 8 * stride, |by, rows| {
+        let coefs = c.coefs.get(by * c.bw * 64..).unwrap_or_default();
+        idct_plane(coefs, c.bw, quant, rows);
+    });
     Ok(Plane {
         data,
         stride,
@@ -29,17 +32,32 @@ pub(super) fn component_plane(c: &Component) -> Result<Plane, JpegError> {
 }
 
 crate::simd::avx2_dispatch! {
-    pub(super) fn planes_to_pixels(
+    fn rows_to_pixels(
         planes: &[Plane],
         factors: &[(usize, usize)],
         width: usize,
         ycc: bool,
+        y0: usize,
         out: &mut [u8],
     ) = planes_to_pixels_body;
 }
 
-/// Upsamples every component plane to `width` x `out.len() / (width * planes.len())` (plane
-/// `c` by the integer factors `factors[c]`) and interleaves them into `out`: grey as is, three
+/// Upsamples and converts all rows into `out` (see [`planes_to_pixels_body`]), on two threads
+/// for large images.
+pub(super) fn planes_to_pixels(
+    planes: &[Plane],
+    factors: &[(usize, usize)],
+    width: usize,
+    ycc: bool,
+    out: &mut [u8],
+) {
+    crate::simd::split_in_two(out, width * planes.len(), |y0, rows| {
+        rows_to_pixels(planes, factors, width, ycc, y0, rows);
+    });
+}
+
+/// Upsamples every component plane to `width` samples per row (plane `c` by the integer
+/// factors `factors[c]`) and interleaves rows `y0..` into `out`: grey as is, three
 /// components through YCbCr -> RGB when `ycc`, else as stored. Works a row at a time, so no
 /// full-size intermediate planes exist.
 #[inline(always)]
@@ -48,6 +66,7 @@ fn planes_to_pixels_body(
     factors: &[(usize, usize)],
     width: usize,
     ycc: bool,
+    y0: usize,
     out: &mut [u8],
 ) {
     let n = planes.len();
@@ -57,7 +76,7 @@ fn planes_to_pixels_body(
     let widest = planes.iter().map(|p| p.w).max().unwrap_or(0);
     let mut cs = vec![0i32; widest + 2];
     let mut rows = vec![0u8; 3 * width];
-    for (y, dst) in out.chunks_exact_mut(width * n).enumerate() {
+    for (y, dst) in (y0..).zip(out.chunks_exact_mut(width * n)) {
         if let [p] = planes {
             upsample_row(p, factors[0], y, dst, &mut cs);
             continue;

@@ -99,6 +99,7 @@ impl Packed {
 
     /// Filters one row given as three zero-padded channel planes (each
     /// [`Self::padded_len`] long) into `out`, interleaved RGB, `3 * outputs` long.
+    #[inline(always)]
     pub(super) fn row(&self, planes: [&[u8]; 3], out: &mut [u8]) {
         let taps = self.taps;
         let (p, half) = (self.precision, self.half);
@@ -146,7 +147,7 @@ pub(super) fn vertical_ok(ax: &AxisWeights) -> bool {
 }
 
 /// Vertical pass over rows of `stride` bytes (any layout): `src` row 0 is input row `row_base`;
-/// writes `ax.start.len()` rows into `out`.
+/// writes `ax.start.len()` rows into `out` (on two threads for large outputs).
 pub(super) fn vertical(
     src: &[u8],
     stride: usize,
@@ -154,8 +155,34 @@ pub(super) fn vertical(
     ax: &AxisWeights,
     out: &mut [u8],
 ) {
+    crate::simd::split_in_two(out, stride, |y0, rows| {
+        vertical_rows(src, stride, row_base, ax, y0, rows);
+    });
+}
+
+crate::simd::avx2_dispatch! {
+    fn vertical_rows(
+        src: &[u8],
+        stride: usize,
+        row_base: usize,
+        ax: &AxisWeights,
+        y0: usize,
+        out: &mut [u8],
+    ) = vertical_body;
+}
+
+/// Output rows `y0..` of [`vertical`] into `out`.
+#[inline(always)]
+fn vertical_body(
+    src: &[u8],
+    stride: usize,
+    row_base: usize,
+    ax: &AxisWeights,
+    y0: usize,
+    out: &mut [u8],
+) {
     let (p, half) = (ax.precision, super::half(ax.precision) as i32);
-    for (y, out_row) in out.chunks_exact_mut(stride).enumerate() {
+    for (y, out_row) in (y0..).zip(out.chunks_exact_mut(stride)) {
         let (start, k) = ax.taps(y);
         let first = (start - row_base) * stride;
         let rows = &src[first..first + k.len() * stride];
@@ -186,14 +213,25 @@ pub(super) fn vertical(
 
 /// Horizontal pass over rows `y0..y1` of interleaved RGB `src` (`width` pixels per row).
 pub(super) fn horizontal(src: &[u8], width: usize, y0: usize, y1: usize, pk: &Packed) -> Vec<u8> {
+    let mut out = vec![0u8; (y1 - y0) * pk.start.len() * 3];
+    crate::simd::split_in_two(&mut out, pk.start.len() * 3, |first, rows| {
+        horizontal_into(src, width, y0 + first, pk, rows);
+    });
+    out
+}
+
+crate::simd::avx2_dispatch! {
+    fn horizontal_into(src: &[u8], width: usize, y0: usize, pk: &Packed, out: &mut [u8]) = horizontal_body;
+}
+
+#[inline(always)]
+fn horizontal_body(src: &[u8], width: usize, y0: usize, pk: &Packed, out: &mut [u8]) {
     let out_stride = pk.start.len() * 3;
-    let mut out = vec![0u8; (y1 - y0) * out_stride];
     let len = pk.padded_len(width);
     let mut scratch = vec![0u8; 3 * len];
     for (row, dst) in src
         .chunks_exact(width * 3)
         .skip(y0)
-        .take(y1 - y0)
         .zip(out.chunks_exact_mut(out_stride))
     {
         let (r, rest) = scratch.split_at_mut(len);
@@ -210,5 +248,4 @@ pub(super) fn horizontal(src: &[u8], width: usize, y0: usize, y1: usize, pk: &Pa
         }
         pk.row([r, g, b], dst);
     }
-    out
 }

@@ -709,9 +709,13 @@ mod tests {
             Filter::Box,
             Filter::Hamming,
         ];
-        for case in 0..300 {
-            let (in_w, in_h) = (1 + next(70) as usize, 1 + next(70) as usize);
-            let (out_w, out_h) = (1 + next(90) as usize, 1 + next(90) as usize);
+        for case in 0..304 {
+            let (mut in_w, mut in_h) = (1 + next(70) as usize, 1 + next(70) as usize);
+            let (mut out_w, mut out_h) = (1 + next(90) as usize, 1 + next(90) as usize);
+            if case >= 300 {
+                // Large enough for the two-thread split.
+                (in_w, in_h, out_w, out_h) = (640, 480, 224 + case, 448 - case);
+            }
             let filter = filters[case % filters.len()];
             let resampler = if case % 2 == 0 {
                 Resampler::Pillow
