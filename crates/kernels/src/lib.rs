@@ -12,9 +12,16 @@
 //! `std::arch` intrinsics); every unsafe block is behind a length check and a feature check.
 #![allow(unsafe_code)]
 
+#[cfg(target_arch = "x86_64")]
+mod amx;
+mod gemm;
 mod gemv;
 #[cfg(target_arch = "x86_64")]
 mod x86;
+#[cfg(target_arch = "x86_64")]
+mod x86_bf16;
+
+pub use gemm::{GemmOut, PackedBf16};
 
 use half::bf16;
 
@@ -31,6 +38,9 @@ pub enum KernelError {
     /// The requested instruction set is not available on this CPU.
     #[error("{0:?} is not supported by this CPU")]
     Unsupported(Isa),
+    /// The requested GEMM level is not available on this CPU (or not permitted by the OS).
+    #[error("{0:?} GEMM is not supported by this CPU")]
+    UnsupportedGemm(GemmIsa),
 }
 
 /// Instruction-set level of a kernel.
@@ -136,4 +146,131 @@ pub fn gemv_bf16_with(
     gemv::check(isa, w.len(), x.len(), y.len(), cols)?;
     gemv::run(w, x, y, cols, threads, |row, x| gemv::dot_bf16(isa, row, x));
     Ok(())
+}
+
+/// Instruction-set level of the bf16 GEMM kernels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GemmIsa {
+    /// Plain Rust: exact f32 products of bf16, f32 sums.
+    Portable,
+    /// x86-64 AVX-512F + AVX512_BF16 (`vdpbf16ps`).
+    Avx512Bf16,
+    /// x86-64 AMX-TILE + AMX-BF16 (`tdpbf16ps`), with the OS's permission to use tile data.
+    Amx,
+}
+
+impl GemmIsa {
+    /// The best level this CPU supports.
+    pub fn detect() -> Self {
+        Self::all()
+            .into_iter()
+            .rev()
+            .find(|isa| isa.is_supported())
+            .unwrap_or(Self::Portable)
+    }
+
+    /// All levels, slowest first.
+    pub fn all() -> [Self; 3] {
+        [Self::Portable, Self::Avx512Bf16, Self::Amx]
+    }
+
+    /// Whether this CPU (and OS) can run kernels of this level. Asking about [`GemmIsa::Amx`]
+    /// requests the Linux per-process permission for AMX tile data the first time.
+    pub fn is_supported(self) -> bool {
+        match self {
+            Self::Portable => true,
+            #[cfg(target_arch = "x86_64")]
+            Self::Avx512Bf16 => x86_bf16::available(),
+            #[cfg(target_arch = "x86_64")]
+            Self::Amx => amx::available(),
+            #[cfg(not(target_arch = "x86_64"))]
+            Self::Avx512Bf16 | Self::Amx => false,
+        }
+    }
+}
+
+/// `out[i][j] = Σ_k a[i·k + k'] · w[j·k + k'] (+ bias[j])` for row-major `a: [m, k]` and
+/// `w: [n, k]` (the `nn.Linear` layout), accumulated in f32, with the best [`GemmIsa`] on
+/// `threads` threads. `w` is rearranged on every call; use [`gemm_bf16_packed`] to do that once.
+///
+/// # Errors
+/// [`KernelError::Length`] when a slice does not match `m`, `n`, `k`.
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_bf16(
+    a: &[bf16],
+    w: &[bf16],
+    bias: Option<&[f32]>,
+    out: GemmOut<'_>,
+    m: usize,
+    n: usize,
+    k: usize,
+    threads: usize,
+) -> Result<(), KernelError> {
+    gemm_bf16_with(GemmIsa::detect(), a, w, bias, out, m, n, k, threads)
+}
+
+/// [`gemm_bf16`] with an explicit level.
+///
+/// # Errors
+/// As [`gemm_bf16`], and [`KernelError::UnsupportedGemm`] when the CPU lacks `isa`.
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_bf16_with(
+    isa: GemmIsa,
+    a: &[bf16],
+    w: &[bf16],
+    bias: Option<&[f32]>,
+    out: GemmOut<'_>,
+    m: usize,
+    n: usize,
+    k: usize,
+    threads: usize,
+) -> Result<(), KernelError> {
+    if isa == GemmIsa::Portable {
+        // The portable layout is W itself: no copy.
+        let p = gemm::Problem {
+            a,
+            m,
+            n,
+            k,
+            w,
+            bias,
+        };
+        gemm::check(isa, &p, out_len(&out))?;
+        gemm::run(isa, &p, out, threads);
+        return Ok(());
+    }
+    let packed = PackedBf16::new(isa, w, n, k, threads)?;
+    gemm_bf16_packed(a, &packed, bias, out, m, threads)
+}
+
+/// [`gemm_bf16`] with a weight packed beforehand (on its [`PackedBf16::isa`] level).
+///
+/// # Errors
+/// [`KernelError::Length`] when `a`, `bias` or `out` do not match `m`, `w.n()`, `w.k()`.
+pub fn gemm_bf16_packed(
+    a: &[bf16],
+    w: &PackedBf16,
+    bias: Option<&[f32]>,
+    out: GemmOut<'_>,
+    m: usize,
+    threads: usize,
+) -> Result<(), KernelError> {
+    let p = gemm::Problem {
+        a,
+        m,
+        n: w.n(),
+        k: w.k(),
+        w: w.data(),
+        bias,
+    };
+    gemm::check(w.isa(), &p, out_len(&out))?;
+    gemm::run(w.isa(), &p, out, threads);
+    Ok(())
+}
+
+fn out_len(out: &GemmOut<'_>) -> usize {
+    match out {
+        GemmOut::F32(s) => s.len(),
+        GemmOut::Bf16(s) => s.len(),
+    }
 }
