@@ -43,6 +43,13 @@ pub enum CompareShape {
     /// The real PaliGemma 1 3B at 224 px (needs ~12 GB per f32 copy).
     #[value(name = "pg1-224")]
     Pg1_224,
+    /// PaliGemma 2 3B widths (Gemma 2 2B decoder: softcaps, sliding window, 4 KV heads) with
+    /// 4 + 4 layers and a 32k vocab.
+    #[value(name = "pg2-mid")]
+    Pg2Mid,
+    /// The real PaliGemma 2 3B at 224 px.
+    #[value(name = "pg2-3b-224")]
+    Pg2_3B224,
 }
 
 impl CompareShape {
@@ -50,20 +57,32 @@ impl CompareShape {
         match self {
             Self::Mid => "mid",
             Self::Pg1_224 => "pg1-224",
+            Self::Pg2Mid => "pg2-mid",
+            Self::Pg2_3B224 => "pg2-3b-224",
         }
     }
 
-    /// `config.json` for the random-weight fallback; the same shape the Python script builds.
+    /// `config.json` for the random-weight fallback; the same shape the Python script builds
+    /// (`SHAPES` in tools/reference/bench_transformers.py).
     fn config_json(self) -> String {
         let (text_layers, vision_layers, vocab, image_token) = match self {
-            Self::Mid => (4, 4, 32768, 32767),
-            Self::Pg1_224 => (18, 27, 257_216, 257_152),
+            Self::Mid | Self::Pg2Mid => (4, 4, 32768, 32767),
+            Self::Pg1_224 | Self::Pg2_3B224 => (18, 27, 257_216, 257_152),
+        };
+        let text_layers = match self {
+            Self::Pg2_3B224 => 26,
+            _ => text_layers,
+        };
+        // Gemma 1 2B and Gemma 2 2B widths; the rest are each family's HF defaults.
+        let (family, hidden, intermediate, kv_heads) = match self {
+            Self::Mid | Self::Pg1_224 => ("gemma", 2048, 16384, 1),
+            Self::Pg2Mid | Self::Pg2_3B224 => ("gemma2", 2304, 9216, 4),
         };
         format!(
-            r#"{{"model_type":"paligemma","image_token_index":{image_token},"projection_dim":2048,
-            "text_config":{{"model_type":"gemma","hidden_size":2048,"intermediate_size":16384,
-              "num_hidden_layers":{text_layers},"num_attention_heads":8,"num_key_value_heads":1,
-              "vocab_size":{vocab}}},
+            r#"{{"model_type":"paligemma","image_token_index":{image_token},"projection_dim":{hidden},
+            "text_config":{{"model_type":"{family}","hidden_size":{hidden},"intermediate_size":{intermediate},
+              "num_hidden_layers":{text_layers},"num_attention_heads":8,"num_key_value_heads":{kv_heads},
+              "head_dim":256,"vocab_size":{vocab}}},
             "vision_config":{{"hidden_size":1152,"intermediate_size":4304,
               "num_hidden_layers":{vision_layers},"num_attention_heads":16,"patch_size":14,
               "image_size":224}}}}"#

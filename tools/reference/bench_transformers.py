@@ -3,7 +3,7 @@
 
 Two subcommands, both driven by the Rust benchmark:
 
-    bench_transformers.py make --out DIR --shape mid|pg1-224
+    bench_transformers.py make --out DIR --shape mid|pg1-224|pg2-mid|pg2-3b-224
         Builds a randomly initialised PaliGemma of that shape with transformers, saves it with
         `save_pretrained` (safetensors, float32) and writes a 1 MP JPEG `image.jpg` next to it.
         Prints one JSON object (`weights_bytes`, `image`) on stdout.
@@ -42,22 +42,37 @@ SHAPES = {
     "mid": dict(text_layers=4, vision_layers=4, vocab=32768, image_token_index=32767),
     # The real PaliGemma 1 3B at 224 px.
     "pg1-224": dict(text_layers=18, vision_layers=27, vocab=257216, image_token_index=257152),
+    # PaliGemma 2 3B widths (Gemma 2 2B decoder), 4 + 4 layers, 32k vocab.
+    "pg2-mid": dict(
+        text_layers=4, vision_layers=4, vocab=32768, image_token_index=32767, family="gemma2"
+    ),
+    # The real PaliGemma 2 3B at 224 px.
+    "pg2-3b-224": dict(
+        text_layers=26, vision_layers=27, vocab=257216, image_token_index=257152, family="gemma2"
+    ),
+}
+
+# Gemma 1 2B and Gemma 2 2B widths; everything else is each config class's default, as on the
+# Rust side (src/bench_compare.rs, CompareShape::config_json).
+WIDTHS = {
+    "gemma": dict(hidden_size=2048, intermediate_size=16384, num_key_value_heads=1),
+    "gemma2": dict(hidden_size=2304, intermediate_size=9216, num_key_value_heads=4),
 }
 
 
 def build_config(shape: str) -> PaliGemmaConfig:
     s = SHAPES[shape]
+    family = s.get("family", "gemma")
+    widths = WIDTHS[family]
     return PaliGemmaConfig(
         text_config=dict(
-            model_type="gemma",
-            hidden_size=2048,
-            intermediate_size=16384,
+            model_type=family,
             num_hidden_layers=s["text_layers"],
             num_attention_heads=8,
-            num_key_value_heads=1,
             head_dim=256,
             vocab_size=s["vocab"],
             hidden_activation="gelu_pytorch_tanh",
+            **widths,
         ),
         vision_config=dict(
             model_type="siglip_vision_model",
@@ -67,11 +82,11 @@ def build_config(shape: str) -> PaliGemmaConfig:
             num_attention_heads=16,
             patch_size=14,
             image_size=224,
-            projection_dim=2048,
+            projection_dim=widths["hidden_size"],
         ),
         image_token_index=s["image_token_index"],
-        projection_dim=2048,
-        hidden_size=2048,
+        projection_dim=widths["hidden_size"],
+        hidden_size=widths["hidden_size"],
         vocab_size=s["vocab"],
         pad_token_id=0,
         eos_token_id=1,

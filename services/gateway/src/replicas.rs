@@ -284,6 +284,7 @@ impl Pool {
             });
         }
         let mut last = None;
+        let mut busy = None;
         let mut tried = 0;
         for replica in order {
             tried += 1;
@@ -292,6 +293,17 @@ impl Pool {
                 Ok(value) => {
                     replica.ejected_until_ms.store(0, Ordering::Relaxed);
                     return Ok(value);
+                }
+                Err(status) if is_busy(&status) => {
+                    // Full, not broken: try the next replica but do not eject this one.
+                    tracing::debug!(
+                        request_id,
+                        tier = %self.tier,
+                        replica = %replica.addr,
+                        error = %status.message(),
+                        "replica busy; trying the next"
+                    );
+                    busy = Some(status);
                 }
                 Err(status) if is_retryable(&status) => {
                     tracing::warn!(
@@ -313,6 +325,13 @@ impl Pool {
                     });
                 }
             }
+        }
+        if let Some(status) = busy {
+            // Every reachable replica was full: pass the overload on so the client backs off.
+            return Err(GatewayError::Peer {
+                tier: self.tier,
+                status,
+            });
         }
         Err(GatewayError::TierUnavailable {
             tier: self.tier,
@@ -340,6 +359,12 @@ fn connect_lazy(addr: SocketAddr) -> Result<Channel, tonic::transport::Error> {
 /// peer never do).
 pub fn is_retryable(status: &Status) -> bool {
     status.code() == Code::Unavailable || std::error::Error::source(status).is_some()
+}
+
+/// Whether a replica refused a call for lack of room (its queue or cache is full): another
+/// replica may have room, and this one is healthy.
+pub fn is_busy(status: &Status) -> bool {
+    status.code() == Code::ResourceExhausted && std::error::Error::source(status).is_none()
 }
 
 /// Re-resolves every pool each `interval` until `shutdown`.
@@ -452,5 +477,45 @@ mod tests {
             status.message(),
             "decoder tier unavailable: 2 replicas tried, last error: draining"
         );
+    }
+
+    #[tokio::test]
+    async fn a_busy_replica_passes_the_call_on_without_being_ejected() {
+        let pool = Pool::new(Tier::Vision, Vec::new());
+        pool.set_addresses([addr(1), addr(2)]);
+        let mut calls = 0;
+        let value = pool
+            .call("r", |_| {
+                calls += 1;
+                let first = calls == 1;
+                async move {
+                    if first {
+                        Err(Status::resource_exhausted("vision queue full"))
+                    } else {
+                        Ok(7)
+                    }
+                }
+            })
+            .await
+            .unwrap();
+        assert_eq!((value, calls), (7, 2));
+        let ejected = pool
+            .replicas
+            .borrow()
+            .iter()
+            .filter(|r| r.ejected_until_ms.load(Ordering::Relaxed) > 0)
+            .count();
+        assert_eq!(ejected, 0, "busy is not broken");
+
+        // All full: the client gets RESOURCE_EXHAUSTED, not UNAVAILABLE.
+        let err = pool
+            .call("r", |_| async {
+                Err::<(), _>(Status::resource_exhausted("vision queue full"))
+            })
+            .await
+            .unwrap_err();
+        let status = Status::from(err);
+        assert_eq!(status.code(), Code::ResourceExhausted);
+        assert_eq!(status.message(), "vision queue full");
     }
 }

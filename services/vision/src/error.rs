@@ -57,6 +57,18 @@ pub enum VisionError {
     /// The replica is shutting down and takes no new work.
     #[error("the vision replica is shutting down")]
     ShuttingDown,
+    /// `--max-waiting` images already wait for the encoder.
+    #[error("vision queue full: {limit} images already wait for the encoder; retry later")]
+    QueueFull { limit: usize },
+    /// The request's deadline passed while it waited for the encoder.
+    #[error("deadline passed while waiting for the vision encoder")]
+    DeadlineExceeded,
+    /// The batch worker threads could not be started (load time).
+    #[error("starting the vision batch workers: {0}")]
+    Threads(#[source] std::io::Error),
+    /// The batched forward this request was part of failed (details in the log).
+    #[error("vision encoder failed: {0}")]
+    EncodeFailed(String),
 }
 
 impl From<candle_core::Error> for VisionError {
@@ -74,6 +86,12 @@ impl From<VisionError> for Status {
             | VisionError::Image(_)
             | VisionError::BadWireDtype(_) => Status::invalid_argument(e.to_string()),
             VisionError::ShuttingDown => Status::unavailable(e.to_string()),
+            VisionError::QueueFull { .. } => Status::resource_exhausted(e.to_string()),
+            VisionError::DeadlineExceeded => Status::deadline_exceeded(e.to_string()),
+            // The batcher already logged the cause with the batch it belongs to.
+            VisionError::EncodeFailed(_) => {
+                Status::internal("vision encoder failed; see the vision tier's log")
+            }
             VisionError::Model(ModelError::Input(_)) => Status::invalid_argument(e.to_string()),
             VisionError::Model(
                 ModelError::MissingFile { .. }
@@ -86,7 +104,8 @@ impl From<VisionError> for Status {
             | VisionError::Wire(_)
             | VisionError::Preprocessor { .. }
             | VisionError::PreprocessorJson { .. }
-            | VisionError::PreprocessorSize { .. } => {
+            | VisionError::PreprocessorSize { .. }
+            | VisionError::Threads(_) => {
                 tracing::error!(error = %e, "vision encode failed");
                 Status::internal("vision encoder failed; see the vision tier's log")
             }
@@ -133,6 +152,18 @@ mod tests {
         let status = Status::from(err);
         assert_eq!(status.code(), Code::Internal);
         assert!(!status.message().contains("exploded"));
+    }
+
+    #[test]
+    fn load_and_deadline_problems_have_their_own_codes() {
+        let full = Status::from(VisionError::QueueFull { limit: 3 });
+        assert_eq!(full.code(), Code::ResourceExhausted);
+        assert!(full.message().contains("3 images"), "{}", full.message());
+        let late = Status::from(VisionError::DeadlineExceeded);
+        assert_eq!(late.code(), Code::DeadlineExceeded);
+        let failed = Status::from(VisionError::EncodeFailed("oom at layer 3".into()));
+        assert_eq!(failed.code(), Code::Internal);
+        assert!(!failed.message().contains("oom"));
     }
 
     #[test]

@@ -4,12 +4,16 @@
 //! - [`config`]: [`VisionArgs`], the tier's flags with `PALIGEMMA_VISION_*` env fallbacks.
 //! - [`preprocessor`]: which image preprocessing a model directory asks for.
 //! - [`service`]: [`VisionService`], the `Encode`/`Info` handlers.
+//! - [`cache`]: the soft-token LRU (`--cache-bytes`) keyed by decoded pixels + weights.
+//! - [`batcher`]: dynamic batching of encoder forwards (`--max-batch`, `--max-wait-us`).
 //! - [`error`]: [`VisionError`] and its single mapping to gRPC status codes.
 //!
 //! [`load`] builds the service from flags (only the vision tower and projector are mapped);
 //! [`serve`] loads and then serves on an already-bound listener with health, reflection and
 //! graceful drain (`paligemma_rpc::Server`). The tier knows nothing of text.
 
+pub mod batcher;
+pub mod cache;
 pub mod config;
 pub mod error;
 pub mod preprocessor;
@@ -25,7 +29,8 @@ use tokio_util::sync::CancellationToken;
 use tonic::service::Routes;
 
 pub use config::{
-    DEFAULT_MAX_CONCURRENT, DEFAULT_MAX_IMAGE_BYTES, DEFAULT_MAX_IMAGE_PIXELS, VisionArgs,
+    DEFAULT_CACHE_BYTES, DEFAULT_MAX_BATCH, DEFAULT_MAX_CONCURRENT, DEFAULT_MAX_IMAGE_BYTES,
+    DEFAULT_MAX_IMAGE_PIXELS, DEFAULT_MAX_WAIT_US, DEFAULT_MAX_WAITING, VisionArgs,
 };
 pub use error::VisionError;
 pub use preprocessor::preprocessor_config;
@@ -44,18 +49,13 @@ pub fn load(args: VisionArgs) -> anyhow::Result<VisionService> {
         .with_context(|| format!("loading the vision tower from {}", dir.display()))?;
     let fingerprint = files.vision_fingerprint()?;
     let preprocessor = preprocessor_config(&files, encoder.config().vision.image_size)?;
-    let limits = Limits {
-        max_concurrent: args.max_concurrent,
-        max_image_bytes: args.max_image_bytes,
-        max_image_pixels: args.max_image_pixels,
-    };
     Ok(VisionService::new(
         args.model.id(),
         encoder,
         preprocessor,
         fingerprint,
-        limits,
-    ))
+        args.limits(),
+    )?)
 }
 
 /// Loads the model on a blocking thread, then serves it on `listener` until `shutdown` is
@@ -94,6 +94,8 @@ pub async fn run(
         num_image_tokens = info.num_image_tokens,
         hidden_size = info.hidden_size,
         dtype = %info.dtype,
+        max_batch = service.limits().max_batch,
+        cache_bytes = service.limits().cache_bytes,
         model_fingerprint = %info.weights_fingerprint,
         "vision model ready"
     );

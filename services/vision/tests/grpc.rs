@@ -362,3 +362,126 @@ async fn health_reports_serving_and_reflection_lists_the_service() {
     );
     server.stop().await;
 }
+
+async fn stats(server: &Running) -> paligemma_proto::v1::VisionStats {
+    let info = server
+        .client()
+        .await
+        .info(VisionInfoRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    info.stats.expect("Info carries stats")
+}
+
+#[tokio::test]
+async fn a_cache_hit_is_bit_identical_and_never_runs_the_encoder() {
+    let server = serve("pg1-32", DtypeArg::F32).await;
+    let mut client = server.client().await;
+    let photo = image("photo.jpg");
+    let first = encode(&mut client, request(photo.clone(), WireDtype::F32))
+        .await
+        .unwrap();
+    let after_miss = stats(&server).await;
+    assert_eq!((after_miss.cache_hits, after_miss.cache_misses), (0, 1));
+    assert_eq!(after_miss.batches, 1);
+
+    let second = encode(&mut client, request(photo.clone(), WireDtype::F32))
+        .await
+        .unwrap();
+    assert_eq!(second, first, "a hit streams the very same bytes");
+    // A hit packs to another wire dtype exactly as a miss would have.
+    let bf16 = reassemble(
+        "pg1-32",
+        encode(&mut client, request(photo.clone(), WireDtype::Bf16))
+            .await
+            .unwrap(),
+    );
+    let (n, d, want) = in_process("pg1-32", &photo);
+    assert_eq!(
+        bf16,
+        SoftTokens::from_f32(n, d, &want, WireDtype::Bf16).unwrap()
+    );
+    let after_hits = stats(&server).await;
+    assert_eq!((after_hits.cache_hits, after_hits.cache_misses), (2, 1));
+    assert_eq!(after_hits.batches, 1, "hits ran no forward");
+    assert_eq!(after_hits.cache_entries, 1);
+    assert_eq!(after_hits.cache_bytes, (n * d * 4 + 128) as u64);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn the_cache_stays_within_its_byte_bound_and_can_be_turned_off() {
+    let (n, d) = (16, 64); // pg1-32: 32 px / 8 px patches → 16 tokens of width 64.
+    let one_entry = n * d * 4 + 128;
+    let mut bounded = args("pg1-32", DtypeArg::F32);
+    bounded.cache_bytes = one_entry + one_entry / 2;
+    let server = Running::start(paligemma_vision_service::load(bounded).unwrap()).await;
+    let mut client = server.client().await;
+    let info = client
+        .info(VisionInfoRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (info.num_image_tokens, info.hidden_size),
+        (n as u32, d as u32)
+    );
+    for name in ["photo.jpg", "grey.png", "rgba.png", "photo.jpg"] {
+        encode(&mut client, request(image(name), WireDtype::F32))
+            .await
+            .unwrap();
+        let s = stats(&server).await;
+        assert!(s.cache_bytes <= s.cache_capacity_bytes, "{s:?}");
+    }
+    let s = stats(&server).await;
+    // Only the latest image fits; photo.jpg was evicted before it came back.
+    assert_eq!((s.cache_entries, s.cache_hits, s.cache_misses), (1, 0, 4));
+    assert_eq!(s.cache_evictions, 3);
+    server.stop().await;
+
+    let mut off = args("pg1-32", DtypeArg::F32);
+    off.cache_bytes = 0;
+    let server = Running::start(paligemma_vision_service::load(off).unwrap()).await;
+    let mut client = server.client().await;
+    for _ in 0..2 {
+        encode(&mut client, request(image("grey.png"), WireDtype::F32))
+            .await
+            .unwrap();
+    }
+    let s = stats(&server).await;
+    assert_eq!((s.cache_hits, s.cache_capacity_bytes, s.batches), (0, 0, 2));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn concurrent_requests_are_batched_and_each_gets_its_own_tokens() {
+    let mut batching = args("pg1-32", DtypeArg::F32);
+    batching.max_batch = 4;
+    // Long enough that all four requests join the first batch on a slow CI machine; the
+    // batch starts as soon as the fourth arrives.
+    batching.max_wait_us = 20_000_000;
+    let server = Running::start(paligemma_vision_service::load(batching).unwrap()).await;
+    let names = ["photo.jpg", "grey.png", "rgba.png", "tall.png"];
+    let mut calls = Vec::new();
+    for name in names {
+        let mut client = server.client().await;
+        calls.push(tokio::spawn(async move {
+            encode(&mut client, request(image(name), WireDtype::F32)).await
+        }));
+    }
+    for (name, call) in names.into_iter().zip(calls) {
+        let got = reassemble("pg1-32", call.await.unwrap().unwrap()).to_f32();
+        let (_, _, want) = in_process("pg1-32", &image(name));
+        // A batched forward may round differently from a single one, never by more.
+        let max_diff = got
+            .iter()
+            .zip(&want)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(max_diff < 1e-5, "{name}: max |Δ| = {max_diff}");
+    }
+    let s = stats(&server).await;
+    assert_eq!((s.batches, s.batched_images, s.max_batch), (1, 4, 4));
+    server.stop().await;
+}
