@@ -11,7 +11,7 @@
 //! (default 20) runs, single process, so a shared machine's noise mostly cancels in the ratio
 //! column (reference time / our time: above 1 means we are faster).
 //!
-//! The Python side runs when `PALIGEMMA_BENCH_PYTHON` (or `/work/refenv/bin/python`) imports
+//! The Python side runs when `PALIGEMMA_BENCH_PYTHON` (or `python3`) imports
 //! Pillow; torchvision and transformers rows appear when those import too. It also writes its
 //! outputs, and the bench prints our maximum difference from each, so a fast-but-wrong change
 //! shows up here as well as in the tests. `PALIGEMMA_BENCH_THREADS` sets torch's thread count;
@@ -134,7 +134,7 @@ fn python() -> Option<PathBuf> {
     let candidates = std::env::var_os("PALIGEMMA_BENCH_PYTHON")
         .map(PathBuf::from)
         .into_iter()
-        .chain([PathBuf::from("/work/refenv/bin/python")]);
+        .chain([PathBuf::from("python3")]);
     for py in candidates {
         let ok = Command::new(&py)
             .args(["-c", "import PIL, numpy"])
