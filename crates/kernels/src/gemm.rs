@@ -280,6 +280,22 @@ pub(crate) fn run(isa: GemmIsa, p: &Problem<'_>, out: GemmOut<'_>, threads: usiz
     }
 }
 
+/// Below this many rows an AMX-packed weight runs on the AVX-512 BF16 kernel (same layout).
+/// AMX computes in 32-row blocks, so few rows waste most of each tile; at 1-4 rows both kernels
+/// stream W at the same speed (bench `gemm`, decode lines). The two also round differently: AMX
+/// sums each tile row's products more exactly than the sequential `vdpbf16ps` chain, so results
+/// differ in the last bits. Real prefill and vision shapes (≥ 256 rows) use AMX either way.
+pub(crate) const AMX_MIN_ROWS: usize = 64;
+
+/// The kernel to run for `m` rows on a weight packed for `packed`.
+pub(crate) fn kernel_for(packed: GemmIsa, m: usize) -> GemmIsa {
+    if packed == GemmIsa::Amx && m < AMX_MIN_ROWS && GemmIsa::Avx512Bf16.is_supported() {
+        GemmIsa::Avx512Bf16
+    } else {
+        packed
+    }
+}
+
 fn run_typed<T: Store>(isa: GemmIsa, p: &Problem<'_>, out: &mut [T], threads: usize) {
     let ptr = OutPtr {
         ptr: out.as_mut_ptr(),

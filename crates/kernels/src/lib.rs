@@ -191,7 +191,8 @@ impl GemmIsa {
 
 /// `out[i][j] = Σ_k a[i·k + k'] · w[j·k + k'] (+ bias[j])` for row-major `a: [m, k]` and
 /// `w: [n, k]` (the `nn.Linear` layout), accumulated in f32, with the best [`GemmIsa`] on
-/// `threads` threads. `w` is rearranged on every call; use [`gemm_bf16_packed`] to do that once.
+/// `threads` threads (AMX from 64 rows, see [`gemm_bf16_packed`]). `w` is rearranged on every
+/// call; use [`gemm_bf16_packed`] to do that once.
 ///
 /// # Errors
 /// [`KernelError::Length`] when a slice does not match `m`, `n`, `k`.
@@ -206,7 +207,8 @@ pub fn gemm_bf16(
     k: usize,
     threads: usize,
 ) -> Result<(), KernelError> {
-    gemm_bf16_with(GemmIsa::detect(), a, w, bias, out, m, n, k, threads)
+    let isa = gemm::kernel_for(GemmIsa::detect(), m);
+    gemm_bf16_with(isa, a, w, bias, out, m, n, k, threads)
 }
 
 /// [`gemm_bf16`] with an explicit level.
@@ -240,14 +242,28 @@ pub fn gemm_bf16_with(
         return Ok(());
     }
     let packed = PackedBf16::new(isa, w, n, k, threads)?;
-    gemm_bf16_packed(a, &packed, bias, out, m, threads)
+    run_packed(isa, a, &packed, bias, out, m, threads)
 }
 
-/// [`gemm_bf16`] with a weight packed beforehand (on its [`PackedBf16::isa`] level).
+/// [`gemm_bf16`] with a weight packed beforehand (on its [`PackedBf16::isa`] level). An
+/// AMX-packed weight runs on the AVX-512 BF16 kernel below 64 rows, where AMX gains nothing.
 ///
 /// # Errors
 /// [`KernelError::Length`] when `a`, `bias` or `out` do not match `m`, `w.n()`, `w.k()`.
 pub fn gemm_bf16_packed(
+    a: &[bf16],
+    w: &PackedBf16,
+    bias: Option<&[f32]>,
+    out: GemmOut<'_>,
+    m: usize,
+    threads: usize,
+) -> Result<(), KernelError> {
+    run_packed(gemm::kernel_for(w.isa(), m), a, w, bias, out, m, threads)
+}
+
+/// Runs the `kernel` level (which must share `w`'s layout) on a packed weight.
+fn run_packed(
+    kernel: GemmIsa,
     a: &[bf16],
     w: &PackedBf16,
     bias: Option<&[f32]>,
@@ -263,8 +279,8 @@ pub fn gemm_bf16_packed(
         w: w.data(),
         bias,
     };
-    gemm::check(w.isa(), &p, out_len(&out))?;
-    gemm::run(w.isa(), &p, out, threads);
+    gemm::check(kernel, &p, out_len(&out))?;
+    gemm::run(kernel, &p, out, threads);
     Ok(())
 }
 

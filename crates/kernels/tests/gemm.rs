@@ -120,7 +120,7 @@ fn levels_agree_with_portable_and_bf16_output_is_rounded_once() {
 
 #[test]
 fn packed_weights_give_the_same_result_as_packing_per_call() {
-    for (m, n, k) in [(33, 47, 96), (2, 5, 31)] {
+    for (m, n, k) in [(33, 47, 96), (2, 5, 31), (80, 40, 64)] {
         let (a, w) = (data(m * k, 6), data(n * k, 7));
         for isa in levels() {
             let packed = PackedBf16::new(isa, &w, n, k, 3).unwrap();
@@ -130,7 +130,13 @@ fn packed_weights_give_the_same_result_as_packing_per_call() {
             let mut c2 = vec![0f32; m * n];
             gemm_bf16_with(isa, &a, &w, None, GemmOut::F32(&mut c1), m, n, k, 2).unwrap();
             gemm_bf16_packed(&a, &packed, None, GemmOut::F32(&mut c2), m, 2).unwrap();
-            assert_eq!(c1, c2, "{isa:?}");
+            // Same kernel, or (AMX below 64 rows) the AVX-512 BF16 one: summation order only.
+            for (x, y) in c1.iter().zip(&c2) {
+                assert!(
+                    (x - y).abs() <= 1e-4 * (1.0 + y.abs()),
+                    "{isa:?}: {x} vs {y}"
+                );
+            }
         }
     }
 }

@@ -3,11 +3,23 @@
 use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
+use super::gemm::PackedLinear;
+
 /// `y = x Wᵀ (+ b)` with `W: [out, in]` as stored by PyTorch. Accepts `[.., in]` inputs.
+///
+/// bf16 weights on the CPU are packed at load time for the GEMM kernels when the CPU has AMX or
+/// AVX-512 BF16 (see `gemm.rs`); the packed copy replaces the tensor. Otherwise candle's matmul
+/// (with the gemv kernel for single rows) runs as before.
 #[derive(Debug, Clone)]
 pub struct Linear {
-    weight: Tensor,
+    weight: Weight,
     bias: Option<Tensor>,
+}
+
+#[derive(Debug, Clone)]
+enum Weight {
+    Tensor(Tensor),
+    Packed(PackedLinear),
 }
 
 impl Linear {
@@ -18,23 +30,45 @@ impl Linear {
         } else {
             None
         };
+        let weight = match PackedLinear::pack(&weight, bias.as_ref())? {
+            Some(packed) => Weight::Packed(packed),
+            None => Weight::Tensor(weight),
+        };
         Ok(Self { weight, bias })
     }
 
+    /// A layer over an existing tensor, kept as it is: it may be shared (a tied embedding), so
+    /// packing it would hold the weight twice. Multi-row bf16 inputs still take the GEMM kernel,
+    /// which then packs during the call.
     pub fn from_weight(weight: Tensor, bias: Option<Tensor>) -> Self {
-        Self { weight, bias }
+        Self {
+            weight: Weight::Tensor(weight),
+            bias,
+        }
     }
 
-    pub fn weight(&self) -> &Tensor {
-        &self.weight
+    /// The weight as a row-major `[out, in]` tensor (unpacked into a new tensor when packed).
+    pub fn weight(&self) -> Result<Tensor> {
+        match &self.weight {
+            Weight::Tensor(w) => Ok(w.clone()),
+            Weight::Packed(p) => p.weight(),
+        }
     }
 }
 
 impl Module for Linear {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = match super::gemv::single_row(&self.weight, x)? {
+        let weight = match &self.weight {
+            // The bias is already inside the packed layer's f32 accumulator.
+            Weight::Packed(p) => return p.forward(x),
+            Weight::Tensor(w) => w,
+        };
+        if let Some(y) = super::gemm::unpacked(weight, self.bias.as_ref(), x)? {
+            return Ok(y);
+        }
+        let y = match super::gemv::single_row(weight, x)? {
             Some(y) => y,
-            None => self.matmul(x)?,
+            None => matmul(weight, x)?,
         };
         match &self.bias {
             Some(b) => y.broadcast_add(b),
@@ -43,11 +77,9 @@ impl Module for Linear {
     }
 }
 
-impl Linear {
-    fn matmul(&self, x: &Tensor) -> Result<Tensor> {
-        match x.dims() {
-            [_, _] => x.matmul(&self.weight.t()?),
-            _ => x.broadcast_matmul(&self.weight.t()?),
-        }
+fn matmul(weight: &Tensor, x: &Tensor) -> Result<Tensor> {
+    match x.dims() {
+        [_, _] => x.matmul(&weight.t()?),
+        _ => x.broadcast_matmul(&weight.t()?),
     }
 }

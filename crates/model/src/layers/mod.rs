@@ -2,6 +2,7 @@
 //! parameters, not copies.
 
 pub mod attention;
+pub mod gemm;
 pub mod gemv;
 pub mod linear;
 pub mod mlp;
