@@ -281,10 +281,12 @@ pub(crate) fn run(isa: GemmIsa, p: &Problem<'_>, out: GemmOut<'_>, threads: usiz
 }
 
 /// Below this many rows an AMX-packed weight runs on the AVX-512 BF16 kernel (same layout).
-/// AMX computes in 32-row blocks, so few rows waste most of each tile; at 1-4 rows both kernels
-/// stream W at the same speed (bench `gemm`, decode lines). The two also round differently: AMX
-/// sums each tile row's products more exactly than the sequential `vdpbf16ps` chain, so results
-/// differ in the last bits. Real prefill and vision shapes (≥ 256 rows) use AMX either way.
+/// At 1-4 rows both stream W equally fast; at 16-63 rows AMX is up to ~3x faster (bench `gemm`),
+/// which this gives up on purpose: the two round differently (AMX sums a tile row's products
+/// more exactly than the sequential `vdpbf16ps` chain), and on the tiny parity checkpoints
+/// (16-50 rows) AMX rounding turns a one-ulp gap between two logits into an exact tie that
+/// flips a greedy bf16 token vs transformers. Real prefill and vision shapes (>= 256 rows) use
+/// AMX either way.
 pub(crate) const AMX_MIN_ROWS: usize = 64;
 
 /// The kernel to run for `m` rows on a weight packed for `packed`.
