@@ -1,8 +1,9 @@
 //! Benchmark (not a test): aggregate decode tokens/s of the continuous-batching engine at 1, 4,
-//! 16 and 64 concurrent sequences on a mid-size random Gemma decoder (CPU, f32), plus KV bytes
+//! 16 and 64 concurrent sequences on a mid-size random Gemma decoder (CPU), plus KV bytes
 //! wasted per sequence and the step time split between prefill and decode.
 //!
-//! `cargo run -p paligemma-engine --example batch_decode_bench [--release]`
+//! `cargo run -p paligemma-engine --example batch_decode_bench [--release] -- [--dtype f32|bf16]
+//! [--streams 1,4,16,64]`
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -41,28 +42,59 @@ fn config() -> Result<PaliGemmaConfig> {
     Ok(PaliGemmaConfig::from_json(&v.to_string())?)
 }
 
+/// `--dtype` and `--streams` from the command line.
+fn args() -> Result<(DType, Vec<usize>)> {
+    let (mut dtype, mut streams) = (DType::F32, vec![1, 4, 16, 64]);
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let value = it.next().unwrap_or_default();
+        match flag.as_str() {
+            "--dtype" => {
+                dtype = match value.as_str() {
+                    "f32" => DType::F32,
+                    "bf16" => DType::BF16,
+                    other => anyhow::bail!("--dtype f32|bf16, not {other:?}"),
+                }
+            }
+            "--streams" => streams = value.split(',').map(str::parse).collect::<Result<_, _>>()?,
+            other => anyhow::bail!("unknown flag {other:?} (--dtype, --streams)"),
+        }
+    }
+    Ok((dtype, streams))
+}
+
 fn main() -> Result<()> {
+    let (dtype, streams) = args()?;
     let cfg = config()?;
     let dev = Device::Cpu;
     let vm = VarMap::new();
-    let vb = VarBuilder::from_varmap(&vm, DType::F32, &dev);
-    let decoder = Arc::new(GemmaDecoder::new(
-        &cfg.text,
-        cfg.image_token_index,
-        vb.pp("language_model.model"),
-        None,
-    )?);
+    let build = |vm: &VarMap| {
+        let vb = VarBuilder::from_varmap(vm, dtype, &dev);
+        GemmaDecoder::new(
+            &cfg.text,
+            cfg.image_token_index,
+            vb.pp("language_model.model"),
+            None,
+        )
+    };
+    // The first build only creates the variables; the decoder is built again after they are
+    // randomised because bf16 layers copy (pack) their weights at load time.
+    build(&vm)?;
     for var in vm.all_vars() {
-        let r = Tensor::randn(0f32, 0.02, var.shape(), &dev)?;
+        let r = Tensor::randn(0f32, 0.02, var.shape(), &dev)?.to_dtype(dtype)?;
         var.set(&r)?;
     }
-    let layout = kv_layout(decoder.config(), DType::F32);
-    println!("bytes per token: {}", layout.bytes_per_token());
+    let decoder = Arc::new(build(&vm)?);
+    let layout = kv_layout(decoder.config(), dtype);
+    println!(
+        "dtype {dtype:?}, bytes per token: {}",
+        layout.bytes_per_token()
+    );
     let mut base = None;
-    for conc in [1usize, 4, 16, 64] {
+    for conc in streams {
         let budget = layout.bytes_per_token() * (BLOCK * 64 * 8) as u64 * 2;
         let geometry = CacheGeometry::from_budget(layout, BLOCK, budget)?;
-        let store = PagedKvStore::new(geometry, DType::F32, &dev)?;
+        let store = PagedKvStore::new(geometry, dtype, &dev)?;
         let mut runner = ModelRunner::new(Arc::clone(&decoder), store);
         let mut s = Scheduler::new(SchedulerConfig {
             block_size: BLOCK,
@@ -79,7 +111,8 @@ fn main() -> Result<()> {
                 i as u64,
                 Arc::new(EngineRequest {
                     prompt_ids,
-                    image_features: Tensor::randn(0f32, 1.0, (IMAGE_TOKENS, 1024), &dev)?,
+                    image_features: Tensor::randn(0f32, 1.0, (IMAGE_TOKENS, 1024), &dev)?
+                        .to_dtype(dtype)?,
                     max_new_tokens: NEW_TOKENS,
                     sampling: SamplingParams::default(),
                     n: 1,

@@ -5,6 +5,9 @@
 //!   `nn.Linear` layout, so every output is one contiguous dot product), split by rows over
 //!   threads. Decode at batch 1 is this operation; it is bound by how fast the weights stream
 //!   from memory, so the bf16 variant reads half the bytes and accumulates in f32.
+//! - [`gemm_f32`]: `C = A · Wᵀ (+ bias)` for a few rows of `A` (batched decode: one row per
+//!   sequence) on the same unpacked weight layout, reading each weight row once for all rows.
+//! - [`gemm_bf16`]: bf16 GEMM on packed weights (AMX tiles, AVX-512 BF16), f32 accumulation.
 //!
 //! Every kernel exists as a portable Rust loop and as AVX-512 / AVX2+FMA versions selected at run
 //! time ([`Isa::detect`]). The `*_with` entry points take the [`Isa`] explicitly so tests can check
@@ -15,11 +18,14 @@
 #[cfg(target_arch = "x86_64")]
 mod amx;
 mod gemm;
+mod gemm_f32;
 mod gemv;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 #[cfg(target_arch = "x86_64")]
 mod x86_bf16;
+#[cfg(target_arch = "x86_64")]
+mod x86_f32;
 
 pub use gemm::{GemmOut, PackedBf16};
 
@@ -145,6 +151,56 @@ pub fn gemv_bf16_with(
 ) -> Result<(), KernelError> {
     gemv::check(isa, w.len(), x.len(), y.len(), cols)?;
     gemv::run(w, x, y, cols, threads, |row, x| gemv::dot_bf16(isa, row, x));
+    Ok(())
+}
+
+/// `out[i·n + j] = Σ_c a[i·k + c] · w[j·k + c] (+ bias[j])` for row-major `a: [m, k]` and
+/// `w: [n, k]` (the `nn.Linear` layout, unpacked), summed in f32, with the best [`Isa`] on
+/// `threads` threads. Made for small `m` (batched decode): each weight row is read once and
+/// dotted with all `m` rows; at large `m` a cache-blocked GEMM does better.
+///
+/// # Errors
+/// [`KernelError::Length`] when a slice does not match `m`, `n`, `k`.
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_f32(
+    a: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    out: &mut [f32],
+    m: usize,
+    n: usize,
+    k: usize,
+    threads: usize,
+) -> Result<(), KernelError> {
+    gemm_f32_with(Isa::detect(), a, w, bias, out, m, n, k, threads)
+}
+
+/// [`gemm_f32`] with an explicit instruction set.
+///
+/// # Errors
+/// As [`gemm_f32`], and [`KernelError::Unsupported`] when the CPU lacks `isa`.
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_f32_with(
+    isa: Isa,
+    a: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    out: &mut [f32],
+    m: usize,
+    n: usize,
+    k: usize,
+    threads: usize,
+) -> Result<(), KernelError> {
+    let p = gemm_f32::Problem {
+        a,
+        w,
+        bias,
+        m,
+        n,
+        k,
+    };
+    gemm_f32::check(isa, &p, out.len())?;
+    gemm_f32::run(isa, &p, out, threads);
     Ok(())
 }
 

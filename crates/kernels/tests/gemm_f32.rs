@@ -1,0 +1,126 @@
+//! The small-`m` f32 GEMM on every instruction set agrees with an f64 reference and with the
+//! portable path, on odd shapes (tiles with remainders, `k` tails) and thread counts.
+
+use paligemma_kernels::{Isa, KernelError, gemm_f32_with};
+
+fn data(n: usize, seed: u32) -> Vec<f32> {
+    (0..n as u32)
+        .map(|i| {
+            let h = i
+                .wrapping_mul(2_654_435_761)
+                .wrapping_add(seed.wrapping_mul(0x9e37_79b9))
+                .rotate_left(13);
+            (h >> 8) as f32 / (1u32 << 24) as f32 * 2.0 - 1.0
+        })
+        .collect()
+}
+
+/// f64 `A · Wᵀ + bias`.
+fn reference(a: &[f32], w: &[f32], bias: &[f32], k: usize) -> Vec<f64> {
+    let mut out = Vec::new();
+    for x in a.chunks_exact(k.max(1)).take(a.len() / k.max(1)) {
+        for (row, b) in w.chunks_exact(k.max(1)).zip(bias) {
+            let dot: f64 = row
+                .iter()
+                .zip(x)
+                .map(|(p, q)| f64::from(*p) * f64::from(*q))
+                .sum();
+            out.push(dot + f64::from(*b));
+        }
+    }
+    out
+}
+
+const MS: [usize; 6] = [1, 2, 3, 7, 16, 33];
+const KS: [usize; 4] = [1, 15, 64, 1152];
+const NS: [usize; 3] = [1, 17, 300];
+
+#[test]
+fn matches_f64_reference_and_portable_on_every_isa() {
+    for (m, k, n) in MS
+        .into_iter()
+        .flat_map(|m| KS.into_iter().flat_map(move |k| NS.map(|n| (m, k, n))))
+    {
+        let (a, w, bias) = (data(m * k, 1), data(n * k, 2), data(n, 3));
+        let want = reference(&a, &w, &bias, k);
+        // f32 sums of k products of values in [-1, 1]: error grows at most ~k·eps, in practice
+        // ~sqrt(k)·eps.
+        let tol = 4.0 * f64::from(f32::EPSILON) * (k as f64) + 1e-6;
+        let mut portable = vec![f32::NAN; m * n];
+        gemm_f32_with(
+            Isa::Portable,
+            &a,
+            &w,
+            Some(&bias),
+            &mut portable,
+            m,
+            n,
+            k,
+            1,
+        )
+        .unwrap();
+        for isa in Isa::all().into_iter().filter(|i| i.is_supported()) {
+            for threads in [1, 2, 5] {
+                let mut out = vec![f32::NAN; m * n];
+                gemm_f32_with(isa, &a, &w, Some(&bias), &mut out, m, n, k, threads).unwrap();
+                for (i, (g, r)) in out.iter().zip(&want).enumerate() {
+                    let what = format!("{isa:?} m{m} k{k} n{n} t{threads} [{i}]");
+                    assert!((f64::from(*g) - r).abs() <= tol, "{what}: {g} vs {r}");
+                    let p = portable[i];
+                    assert!(
+                        (g - p).abs() <= (tol * 2.0) as f32,
+                        "{what}: {g} vs portable {p}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn large_problems_split_over_threads_agree() {
+    // Big enough to take the threaded path, with a column count that leaves a partial chunk.
+    let (m, k, n) = (5, 1024, 1003);
+    let (a, w) = (data(m * k, 4), data(n * k, 5));
+    let want = reference(&a, &w, &vec![0.0; n], k);
+    for isa in Isa::all().into_iter().filter(|i| i.is_supported()) {
+        for threads in [1, 2, 3, 8] {
+            let mut out = vec![f32::NAN; m * n];
+            gemm_f32_with(isa, &a, &w, None, &mut out, m, n, k, threads).unwrap();
+            for (g, r) in out.iter().zip(&want) {
+                assert!((f64::from(*g) - r).abs() <= 1e-3, "{isa:?} t{threads}");
+            }
+        }
+    }
+}
+
+#[test]
+fn empty_k_gives_the_bias_and_bad_lengths_are_rejected() {
+    let isa = Isa::detect();
+    let mut out = vec![f32::NAN; 6];
+    gemm_f32_with(isa, &[], &[], Some(&[1.0, 2.0, 3.0]), &mut out, 2, 3, 0, 2).unwrap();
+    assert_eq!(out, [1.0, 2.0, 3.0, 1.0, 2.0, 3.0]);
+    let err = gemm_f32_with(isa, &[0.0; 5], &[0.0; 6], None, &mut out, 2, 3, 2, 1);
+    assert_eq!(
+        err,
+        Err(KernelError::Length {
+            what: "a",
+            got: 5,
+            expected: 4
+        })
+    );
+    let err = gemm_f32_with(
+        isa,
+        &[0.0; 4],
+        &[0.0; 6],
+        Some(&[0.0; 2]),
+        &mut out,
+        2,
+        3,
+        2,
+        1,
+    );
+    assert!(matches!(err, Err(KernelError::Length { what: "bias", .. })));
+    let err = gemm_f32_with(isa, &[0.0; 4], &[0.0; 6], None, &mut out[..5], 2, 3, 2, 1);
+    assert!(matches!(err, Err(KernelError::Length { what: "out", .. })));
+}
