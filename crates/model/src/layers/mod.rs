@@ -1,6 +1,7 @@
 //! Building blocks shared by the vision tower and the decoder. Each exists once; variants are
 //! parameters, not copies.
 
+pub mod activation;
 pub mod attention;
 pub mod gemm;
 pub mod gemv;
@@ -11,16 +12,7 @@ pub mod rope;
 
 use candle_core::{DType, Result, Tensor};
 
-/// GELU with the tanh approximation (`gelu_pytorch_tanh`).
-///
-/// Evaluated in f32 and rounded once to the input dtype, as PyTorch does for half types; candle's
-/// own bf16 kernel rounds after every intermediate operation.
-pub fn gelu_tanh(x: &Tensor) -> Result<Tensor> {
-    match x.dtype() {
-        DType::F32 | DType::F64 => x.gelu(),
-        dt => x.to_dtype(DType::F32)?.gelu()?.to_dtype(dt),
-    }
-}
+pub use activation::gelu_tanh;
 
 /// `x · s` rounded once to the input dtype. PyTorch multiplies a half tensor by a Python float
 /// in f32; candle's affine would first round `s` itself to bf16 (a 0.2 % error for 24^-0.5).
