@@ -1,4 +1,4 @@
-//! Finding and memory-mapping a Hugging Face PaliGemma checkpoint directory.
+//! Finding and reading a Hugging Face PaliGemma checkpoint directory.
 //!
 //! Accepts `model.safetensors` or a sharded `model.safetensors.index.json`, and tensor names in
 //! every layout of spec §7.2, which are normalised to the legacy layout the model structs use:
@@ -8,12 +8,12 @@
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 
-use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device, Shape, Tensor};
 use candle_nn::var_builder::SimpleBackend;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::error::{ModelError, Result};
+use crate::shards::Shards;
 
 /// The files of a model directory.
 #[derive(Debug, Clone)]
@@ -135,37 +135,27 @@ pub fn canonical_name(name: &str) -> String {
     name.to_string()
 }
 
-/// Memory-mapped safetensors shards exposed to candle's `VarBuilder` under canonical names,
-/// with shape checks that name the tensor and a progress bar over the bytes materialised.
+/// Safetensors shards exposed to candle's `VarBuilder` under canonical names, with shape checks
+/// that name the tensor and a progress bar over the bytes read.
 pub struct Checkpoint {
-    tensors: MmapedSafetensors,
+    tensors: Shards,
     /// canonical name → name in the file.
     names: HashMap<String, String>,
     progress: ProgressBar,
 }
 
 impl Checkpoint {
-    /// Maps the shards and indexes their tensor names.
+    /// Opens the shards and indexes their tensor names.
     ///
     /// # Errors
     /// Unreadable or corrupt safetensors files; two tensors mapping to the same canonical name.
     pub fn open(files: &[PathBuf], show_progress: bool) -> Result<Self> {
-        for f in files {
-            check_safetensors_header(f)?;
-        }
-        // SAFETY: the files are mapped read-only; as with every mmap-based loader, the caller must
-        // not truncate or rewrite a checkpoint while a process serves from it.
-        #[allow(unsafe_code)]
-        let tensors =
-            unsafe { MmapedSafetensors::multi(files) }.map_err(|e| ModelError::BadFile {
-                path: files.first().cloned().unwrap_or_default(),
-                message: format!("cannot map safetensors: {e}"),
-            })?;
+        let tensors = Shards::open(files)?;
         let mut names = HashMap::new();
         let mut total_bytes = 0u64;
-        for (name, view) in tensors.tensors() {
-            total_bytes += view.data().len() as u64;
-            let canonical = canonical_name(&name);
+        for (name, info) in tensors.tensors() {
+            total_bytes += info.byte_len();
+            let canonical = canonical_name(name);
             if let Some(previous) = names.insert(canonical.clone(), name.clone()) {
                 return Err(ModelError::BadFile {
                     path: files.first().cloned().unwrap_or_default(),
@@ -203,13 +193,13 @@ impl Checkpoint {
         selected.sort();
         let mut hasher = xxhash_rust::xxh3::Xxh3::new();
         for (canonical, actual) in selected {
-            let view = self.tensors.get(actual).map_err(|e| ModelError::BadFile {
-                path: PathBuf::from(actual),
-                message: e.to_string(),
-            })?;
+            let Some(info) = self.tensors.get(actual) else {
+                continue;
+            };
             hasher.update(canonical.as_bytes());
-            hasher.update(format!("{:?}{:?}", view.dtype(), view.shape()).as_bytes());
-            hasher.update(view.data());
+            hasher.update(format!("{}{:?}", safetensors_dtype(info.dtype), info.shape).as_bytes());
+            self.tensors
+                .for_each_chunk(info, |bytes| hasher.update(bytes))?;
         }
         Ok(format!("xxh3:{:016x}", hasher.digest()))
     }
@@ -232,31 +222,27 @@ impl Checkpoint {
                 .to_string(),
             ));
         };
-        let view = self.tensors.get(actual)?;
-        self.progress.inc(view.data().len() as u64);
-        self.tensors.load(actual, device)?.to_dtype(dtype)
+        let tensor = self.tensors.load(actual, device)?;
+        if let Some(info) = self.tensors.get(actual) {
+            self.progress.inc(info.byte_len());
+        }
+        tensor.to_dtype(dtype)
     }
 }
 
-/// Rejects a truncated or garbage file with a clear message before mapping it.
-fn check_safetensors_header(path: &Path) -> Result<()> {
-    use std::io::Read;
-    let bad = |message: String| ModelError::BadFile {
-        path: path.to_path_buf(),
-        message,
-    };
-    let mut file = std::fs::File::open(path).map_err(|e| bad(e.to_string()))?;
-    let len = file.metadata().map_err(|e| bad(e.to_string()))?.len();
-    let mut prefix = [0u8; 8];
-    file.read_exact(&mut prefix)
-        .map_err(|_| bad(format!("not a safetensors file: only {len} bytes")))?;
-    let header_len = u64::from_le_bytes(prefix);
-    if header_len == 0 || header_len.saturating_add(8) > len {
-        return Err(bad(format!(
-            "not a safetensors file or truncated: header claims {header_len} bytes, file has {len}"
-        )));
+/// The safetensors spelling of a dtype, so fingerprints stay what the memory-mapped loader
+/// computed (`safetensors::Dtype`'s `Debug`).
+fn safetensors_dtype(dtype: DType) -> &'static str {
+    match dtype {
+        DType::F32 => "F32",
+        DType::BF16 => "BF16",
+        DType::F16 => "F16",
+        DType::F64 => "F64",
+        DType::U8 => "U8",
+        DType::U32 => "U32",
+        DType::I64 => "I64",
+        _ => "other",
     }
-    Ok(())
 }
 
 impl SimpleBackend for Checkpoint {
@@ -269,7 +255,11 @@ impl SimpleBackend for Checkpoint {
         device: &Device,
     ) -> candle_core::Result<Tensor> {
         if let Some(actual) = self.names.get(name) {
-            let found = self.tensors.get(actual)?.shape().to_vec();
+            let found = self
+                .tensors
+                .get(actual)
+                .map(|info| info.shape.clone())
+                .unwrap_or_default();
             if found != shape.dims() {
                 let err = ModelError::ShapeMismatch {
                     name: name.into(),

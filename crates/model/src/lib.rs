@@ -1,7 +1,8 @@
 //! PaliGemma 1 and 2 in candle, numerically matching Hugging Face transformers 5.x.
 //!
 //! - [`config`]: typed `config.json` with the transformers defaults for absent keys.
-//! - [`checkpoint`]: model-directory discovery, memory-mapped safetensors, name layouts.
+//! - [`checkpoint`]: model-directory discovery, name layouts, shape checks, progress.
+//! - [`shards`]: safetensors headers and positional reads of tensors (no memory map).
 //! - [`siglip`], [`gemma`], [`paligemma`]: the networks (weights only, no request state).
 //! - [`mask`]: the prefix-LM mask; [`kv_cache`]: the seam to key/value storage.
 //!
@@ -17,6 +18,7 @@ pub mod kv_cache;
 pub mod layers;
 pub mod mask;
 pub mod paligemma;
+pub mod shards;
 pub mod siglip;
 
 pub use checkpoint::ModelFiles;
