@@ -12,20 +12,53 @@
 //!
 //! Every output is a dot product summed in f32 (lane-wise partial sums, then a horizontal sum),
 //! the same kind of arithmetic as the gemv; only the order of the additions differs from candle.
+//!
+//! The weight may also be bf16 ([`Weight`]): a weight that cannot be packed for the bf16 GEMM
+//! (a tied embedding used as the output head, which a packed copy would hold twice) then streams
+//! half the bytes, and each vector is widened exactly to f32 as it is loaded, so the arithmetic
+//! is the f32 kernel's.
+
+use half::bf16;
 
 use crate::{Isa, KernelError};
 
+/// An element type of the weight: f32, or bf16 widened exactly on load.
+#[cfg(target_arch = "x86_64")]
+pub(crate) trait Weight: Copy + Send + Sync + crate::x86_f32::Lanes {
+    fn widen(self) -> f32;
+}
+
+/// An element type of the weight: f32, or bf16 widened exactly on load.
+#[cfg(not(target_arch = "x86_64"))]
+pub(crate) trait Weight: Copy + Send + Sync {
+    fn widen(self) -> f32;
+}
+
+impl Weight for f32 {
+    #[inline(always)]
+    fn widen(self) -> f32 {
+        self
+    }
+}
+
+impl Weight for bf16 {
+    #[inline(always)]
+    fn widen(self) -> f32 {
+        self.to_f32()
+    }
+}
+
 /// Shapes and lengths of one call.
-pub(crate) struct Problem<'a> {
+pub(crate) struct Problem<'a, W> {
     pub a: &'a [f32],
-    pub w: &'a [f32],
+    pub w: &'a [W],
     pub bias: Option<&'a [f32]>,
     pub m: usize,
     pub n: usize,
     pub k: usize,
 }
 
-pub(crate) fn check(isa: Isa, p: &Problem<'_>, out_len: usize) -> Result<(), KernelError> {
+pub(crate) fn check<W>(isa: Isa, p: &Problem<'_, W>, out_len: usize) -> Result<(), KernelError> {
     if !isa.is_supported() {
         return Err(KernelError::Unsupported(isa));
     }
@@ -52,7 +85,7 @@ pub(crate) fn check(isa: Isa, p: &Problem<'_>, out_len: usize) -> Result<(), Ker
 const MIN_PARALLEL_MACS: usize = 1 << 18;
 
 /// Runs a checked problem, writing `out: [m, n]`.
-pub(crate) fn run(isa: Isa, p: &Problem<'_>, out: &mut [f32], threads: usize) {
+pub(crate) fn run<W: Weight>(isa: Isa, p: &Problem<'_, W>, out: &mut [f32], threads: usize) {
     let (m, n) = (p.m, p.n);
     if m == 0 || n == 0 {
         return;
@@ -95,7 +128,7 @@ pub(crate) fn run(isa: Isa, p: &Problem<'_>, out: &mut [f32], threads: usize) {
 }
 
 /// `out_t[j·m + r] = A[r] · w[j]` for the weight rows in `w` (`out_t.len() / m` of them).
-fn columns(isa: Isa, a: &[f32], w: &[f32], m: usize, k: usize, out_t: &mut [f32]) {
+fn columns<W: Weight>(isa: Isa, a: &[f32], w: &[W], m: usize, k: usize, out_t: &mut [f32]) {
     if k == 0 {
         out_t.fill(0.0);
         return;
@@ -111,10 +144,16 @@ fn columns(isa: Isa, a: &[f32], w: &[f32], m: usize, k: usize, out_t: &mut [f32]
 
 /// Each weight row (at most a few tens of KiB) is dotted with every activation row while it is
 /// in L1, so the weight is still read from memory once.
-pub(crate) fn columns_portable(a: &[f32], w: &[f32], m: usize, k: usize, out_t: &mut [f32]) {
+pub(crate) fn columns_portable<W: Weight>(
+    a: &[f32],
+    w: &[W],
+    m: usize,
+    k: usize,
+    out_t: &mut [f32],
+) {
     for (row, out) in w.chunks_exact(k).zip(out_t.chunks_exact_mut(m)) {
         for (o, x) in out.iter_mut().zip(a.chunks_exact(k)) {
-            *o = crate::gemv::dot_f32_portable(row, x);
+            *o = crate::gemv::dot_portable(row, x);
         }
     }
 }

@@ -2,6 +2,7 @@
 
 use half::bf16;
 
+use crate::gemm_f32::Weight;
 use crate::{Isa, KernelError};
 
 /// Validates `w: [y_len, cols]`, `x: [cols]` and that the CPU supports `isa`.
@@ -90,35 +91,27 @@ pub(crate) fn dot_bf16(isa: Isa, a: &[bf16], b: &[f32]) -> f32 {
 /// Eight independent partial sums (what the SIMD versions do per lane), so the loop can be
 /// vectorised without reassociating a single sum.
 pub(crate) fn dot_f32_portable(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; 8];
-    let (a8, b8) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f32 = a8
-        .remainder()
-        .iter()
-        .zip(b8.remainder())
-        .map(|(x, y)| x * y)
-        .sum();
-    for (ca, cb) in a8.zip(b8) {
-        for ((s, x), y) in acc.iter_mut().zip(ca).zip(cb) {
-            *s += x * y;
-        }
-    }
-    acc.iter().sum::<f32>() + tail
+    dot_portable(a, b)
 }
 
 /// As [`dot_f32_portable`], widening each bf16 weight exactly to f32.
 pub(crate) fn dot_bf16_portable(a: &[bf16], b: &[f32]) -> f32 {
+    dot_portable(a, b)
+}
+
+/// `Σ f32(a[i])·b[i]` in eight lane-wise partial sums, then the tail.
+pub(crate) fn dot_portable<W: Weight>(a: &[W], b: &[f32]) -> f32 {
     let mut acc = [0f32; 8];
     let (a8, b8) = (a.chunks_exact(8), b.chunks_exact(8));
     let tail: f32 = a8
         .remainder()
         .iter()
         .zip(b8.remainder())
-        .map(|(x, y)| x.to_f32() * y)
+        .map(|(x, y)| x.widen() * y)
         .sum();
     for (ca, cb) in a8.zip(b8) {
         for ((s, x), y) in acc.iter_mut().zip(ca).zip(cb) {
-            *s += x.to_f32() * y;
+            *s += x.widen() * y;
         }
     }
     acc.iter().sum::<f32>() + tail

@@ -7,6 +7,8 @@
 //!   from memory, so the bf16 variant reads half the bytes and accumulates in f32.
 //! - [`gemm_f32`]: `C = A · Wᵀ (+ bias)` for a few rows of `A` (batched decode: one row per
 //!   sequence) on the same unpacked weight layout, reading each weight row once for all rows.
+//! - [`gemm_f32_bf16`]: the same with bf16 weights widened exactly on load, for a bf16 weight
+//!   that is not packed (a tied embedding as output head).
 //! - [`gemm_bf16`]: bf16 GEMM on packed weights (AMX tiles, AVX-512 BF16), f32 accumulation.
 //!
 //! Every kernel exists as a portable Rust loop and as AVX-512 / AVX2+FMA versions selected at run
@@ -184,6 +186,55 @@ pub fn gemm_f32_with(
     isa: Isa,
     a: &[f32],
     w: &[f32],
+    bias: Option<&[f32]>,
+    out: &mut [f32],
+    m: usize,
+    n: usize,
+    k: usize,
+    threads: usize,
+) -> Result<(), KernelError> {
+    let p = gemm_f32::Problem {
+        a,
+        w,
+        bias,
+        m,
+        n,
+        k,
+    };
+    gemm_f32::check(isa, &p, out.len())?;
+    gemm_f32::run(isa, &p, out, threads);
+    Ok(())
+}
+
+/// [`gemm_f32`] with a bf16 weight `w: [n, k]` (unpacked, `nn.Linear` layout), each element
+/// widened exactly to f32 as it is loaded: f32 activations, f32 products and sums, f32 output.
+/// Reads each weight row once for all `m` rows, and needs no packed copy of `w`.
+///
+/// # Errors
+/// [`KernelError::Length`] when a slice does not match `m`, `n`, `k`.
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_f32_bf16(
+    a: &[f32],
+    w: &[bf16],
+    bias: Option<&[f32]>,
+    out: &mut [f32],
+    m: usize,
+    n: usize,
+    k: usize,
+    threads: usize,
+) -> Result<(), KernelError> {
+    gemm_f32_bf16_with(Isa::detect(), a, w, bias, out, m, n, k, threads)
+}
+
+/// [`gemm_f32_bf16`] with an explicit instruction set.
+///
+/// # Errors
+/// As [`gemm_f32_bf16`], and [`KernelError::Unsupported`] when the CPU lacks `isa`.
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_f32_bf16_with(
+    isa: Isa,
+    a: &[f32],
+    w: &[bf16],
     bias: Option<&[f32]>,
     out: &mut [f32],
     m: usize,

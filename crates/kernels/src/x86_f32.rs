@@ -11,13 +11,95 @@
 //! loop, so they are sound whatever the caller did.
 
 use std::arch::x86_64::{
-    __m256, __m512, _mm_add_ps, _mm_cvtss_f32, _mm_hadd_ps, _mm256_castps256_ps128,
-    _mm256_extractf128_ps, _mm256_fmadd_ps, _mm256_loadu_ps, _mm256_setzero_ps, _mm512_fmadd_ps,
-    _mm512_loadu_ps, _mm512_maskz_loadu_ps, _mm512_reduce_add_ps, _mm512_setzero_ps,
+    __m128i, __m256, __m256i, __m512, _mm_add_ps, _mm_cvtss_f32, _mm_hadd_ps, _mm_loadu_si128,
+    _mm256_castps256_ps128, _mm256_castsi256_ps, _mm256_cvtepu16_epi32, _mm256_extractf128_ps,
+    _mm256_fmadd_ps, _mm256_loadu_ps, _mm256_loadu_si256, _mm256_setzero_ps, _mm256_slli_epi32,
+    _mm512_castsi512_ps, _mm512_cvtepu16_epi32, _mm512_fmadd_ps, _mm512_loadu_ps,
+    _mm512_maskz_loadu_ps, _mm512_reduce_add_ps, _mm512_setzero_ps, _mm512_slli_epi32,
 };
 
-use crate::gemm_f32::columns_portable;
-use crate::gemv::dot_f32_portable;
+use half::bf16;
+
+use crate::gemm_f32::{Weight, columns_portable};
+use crate::gemv::dot_portable;
+
+/// Loading weight vectors as f32 lanes, so one micro-kernel serves f32 and bf16 weights.
+pub(crate) trait Lanes: Sized {
+    /// Sixteen weights at `p`.
+    ///
+    /// # Safety
+    /// avx512f present; `p` points at 16 readable elements.
+    unsafe fn load16(p: *const Self) -> __m512;
+
+    /// The first `len` (< 16) weights of `tail`, the other lanes zero.
+    ///
+    /// # Safety
+    /// avx512f present.
+    unsafe fn load16_tail(tail: &[Self]) -> __m512;
+
+    /// Eight weights at `p`.
+    ///
+    /// # Safety
+    /// avx2 present; `p` points at 8 readable elements.
+    unsafe fn load8(p: *const Self) -> __m256;
+}
+
+impl Lanes for f32 {
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn load16(p: *const f32) -> __m512 {
+        // SAFETY: 16 readable f32 at p (caller).
+        unsafe { _mm512_loadu_ps(p) }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn load16_tail(tail: &[f32]) -> __m512 {
+        let len = tail.len().min(15);
+        // Only the `len` valid lanes are read; the others are zero.
+        let mask = (1u16 << len) - 1;
+        // SAFETY: masked-off lanes are not accessed; the valid ones are within `tail`.
+        unsafe { _mm512_maskz_loadu_ps(mask, tail.as_ptr()) }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    unsafe fn load8(p: *const f32) -> __m256 {
+        // SAFETY: 8 readable f32 at p (caller).
+        unsafe { _mm256_loadu_ps(p) }
+    }
+}
+
+/// bf16 is the top half of an f32: zero-extending to 32 bits and shifting left by 16 widens it
+/// exactly.
+impl Lanes for bf16 {
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn load16(p: *const bf16) -> __m512 {
+        // SAFETY: 16 readable bf16 (32 bytes) at p (caller).
+        let raw = unsafe { _mm256_loadu_si256(p.cast::<__m256i>()) };
+        _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(raw)))
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn load16_tail(tail: &[bf16]) -> __m512 {
+        // A 16-bit masked load needs AVX512BW; a zero-padded copy of < 32 bytes does not.
+        let mut buf = [bf16::ZERO; 16];
+        let len = tail.len().min(16);
+        buf[..len].copy_from_slice(&tail[..len]);
+        // SAFETY: `buf` holds 16 bf16.
+        unsafe { Self::load16(buf.as_ptr()) }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    unsafe fn load8(p: *const bf16) -> __m256 {
+        // SAFETY: 8 readable bf16 (16 bytes) at p (caller).
+        let raw = unsafe { _mm_loadu_si128(p.cast::<__m128i>()) };
+        _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(raw)))
+    }
+}
 
 /// Tile rows (activations) × tile columns (weight rows) on AVX-512.
 const MR_512: usize = 4;
@@ -28,7 +110,7 @@ const NR_256: usize = 3;
 /// Room for the largest tile's sums.
 const MAX_TILE: usize = 8;
 
-fn lengths_ok(a: &[f32], w: &[f32], m: usize, k: usize, out_t: &[f32]) -> bool {
+fn lengths_ok<W>(a: &[f32], w: &[W], m: usize, k: usize, out_t: &[f32]) -> bool {
     m > 0
         && k > 0
         && a.len() == m * k
@@ -36,7 +118,7 @@ fn lengths_ok(a: &[f32], w: &[f32], m: usize, k: usize, out_t: &[f32]) -> bool {
         && w.len() == (out_t.len() / m) * k
 }
 
-pub(crate) fn columns_avx512(a: &[f32], w: &[f32], m: usize, k: usize, out_t: &mut [f32]) {
+pub(crate) fn columns_avx512<W: Weight>(a: &[f32], w: &[W], m: usize, k: usize, out_t: &mut [f32]) {
     if !std::arch::is_x86_feature_detected!("avx512f") || !lengths_ok(a, w, m, k, out_t) {
         return columns_portable(a, w, m, k, out_t);
     }
@@ -44,7 +126,7 @@ pub(crate) fn columns_avx512(a: &[f32], w: &[f32], m: usize, k: usize, out_t: &m
     unsafe { tiles_avx512(a, w, m, k, out_t) }
 }
 
-pub(crate) fn columns_avx2(a: &[f32], w: &[f32], m: usize, k: usize, out_t: &mut [f32]) {
+pub(crate) fn columns_avx2<W: Weight>(a: &[f32], w: &[W], m: usize, k: usize, out_t: &mut [f32]) {
     let fma =
         std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma");
     if !fma || !lengths_ok(a, w, m, k, out_t) {
@@ -72,7 +154,7 @@ macro_rules! tiles {
         /// # Safety
         /// The target features are present and `lengths_ok(a, w, m, k, out_t)`.
         #[target_feature(enable = $feature)]
-        unsafe fn $name(a: &[f32], w: &[f32], m: usize, k: usize, out_t: &mut [f32]) {
+        unsafe fn $name<W: Weight>(a: &[f32], w: &[W], m: usize, k: usize, out_t: &mut [f32]) {
             let n = out_t.len() / m;
             let zero: Acc<$vec> = [[$zero(); MAX_TILE]; MAX_TILE];
             let mut acc = vec![zero; m.div_ceil($mr)];
@@ -125,10 +207,10 @@ macro_rules! tiles {
 macro_rules! by_rows {
     ($micro:ident, $rows:expr, $c:expr, $($arg:expr),*) => {
         match $rows {
-            4 => $micro::<4, { $c }>($($arg),*),
-            3 => $micro::<3, { $c }>($($arg),*),
-            2 => $micro::<2, { $c }>($($arg),*),
-            _ => $micro::<1, { $c }>($($arg),*),
+            4 => $micro::<W, 4, { $c }>($($arg),*),
+            3 => $micro::<W, 3, { $c }>($($arg),*),
+            2 => $micro::<W, 2, { $c }>($($arg),*),
+            _ => $micro::<W, 1, { $c }>($($arg),*),
         }
     };
 }
@@ -156,15 +238,15 @@ tiles!(
 
 /// The masked tail already went through the AVX-512 micro-kernel.
 #[target_feature(enable = "avx512f")]
-fn finish_avx512(acc: __m512, _x: &[f32], _w: &[f32]) -> f32 {
+fn finish_avx512<W>(acc: __m512, _x: &[f32], _w: &[W]) -> f32 {
     _mm512_reduce_add_ps(acc)
 }
 
 /// Adds the `k % 8` tail the AVX2 micro-kernel leaves.
 #[target_feature(enable = "avx2,fma")]
-fn finish_avx2(acc: __m256, x: &[f32], w: &[f32]) -> f32 {
+fn finish_avx2<W: Weight>(acc: __m256, x: &[f32], w: &[W]) -> f32 {
     let i = x.len() - x.len() % 8;
-    hsum256(acc) + dot_f32_portable(&w[i..], &x[i..])
+    hsum256(acc) + dot_portable(&w[i..], &x[i..])
 }
 
 /// `acc[r][col0 + c] += a[r][k0..k1] · w[c][k0..k1]` lane-wise, for `R` rows of `a` and `C` rows
@@ -175,9 +257,9 @@ fn finish_avx2(acc: __m256, x: &[f32], w: &[f32]) -> f32 {
 /// avx512f present. (Lengths are asserted.)
 #[target_feature(enable = "avx512f")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn micro_avx512<const R: usize, const C: usize>(
+unsafe fn micro_avx512<W: Weight, const R: usize, const C: usize>(
     a: &[f32],
-    w: &[f32],
+    w: &[W],
     k: usize,
     k0: usize,
     k1: usize,
@@ -196,7 +278,7 @@ unsafe fn micro_avx512<const R: usize, const C: usize>(
         let mut wv = [_mm512_setzero_ps(); C];
         for (c, v) in wv.iter_mut().enumerate() {
             // SAFETY: c·k + i + 16 <= c·k + k1 <= C·k <= w.len().
-            *v = unsafe { _mm512_loadu_ps(pw.add(c * k + i)) };
+            *v = unsafe { W::load16(pw.add(c * k + i)) };
         }
         for (r, s) in s.iter_mut().enumerate() {
             // SAFETY: r·k + i + 16 <= R·k <= a.len().
@@ -209,15 +291,14 @@ unsafe fn micro_avx512<const R: usize, const C: usize>(
     }
     if i < k1 {
         // Only the `k1 - i` (< 16) valid lanes are read; the others are zero.
-        let mask = (1u16 << (k1 - i)) - 1;
         let mut wv = [_mm512_setzero_ps(); C];
         for (c, v) in wv.iter_mut().enumerate() {
-            // SAFETY: masked-off lanes are not accessed; the valid ones end at c·k + k1 <= w.len().
-            *v = unsafe { _mm512_maskz_loadu_ps(mask, pw.add(c * k + i)) };
+            // SAFETY: avx512f is present (this function's contract).
+            *v = unsafe { W::load16_tail(&w[c * k + i..c * k + k1]) };
         }
         for (r, s) in s.iter_mut().enumerate() {
-            // SAFETY: masked-off lanes are not accessed; the valid ones end within row r of `a`.
-            let x = unsafe { _mm512_maskz_loadu_ps(mask, pa.add(r * k + i)) };
+            // SAFETY: avx512f is present (this function's contract).
+            let x = unsafe { f32::load16_tail(&a[r * k + i..r * k + k1]) };
             for (s, wv) in s.iter_mut().zip(&wv) {
                 *s = _mm512_fmadd_ps(*wv, x, *s);
             }
@@ -241,9 +322,9 @@ fn hsum256(v: __m256) -> f32 {
 /// avx2 and fma present. (Lengths are asserted.)
 #[target_feature(enable = "avx2,fma")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn micro_avx2<const R: usize, const C: usize>(
+unsafe fn micro_avx2<W: Weight, const R: usize, const C: usize>(
     a: &[f32],
-    w: &[f32],
+    w: &[W],
     k: usize,
     k0: usize,
     k1: usize,
@@ -262,7 +343,7 @@ unsafe fn micro_avx2<const R: usize, const C: usize>(
         let mut wv = [_mm256_setzero_ps(); C];
         for (c, v) in wv.iter_mut().enumerate() {
             // SAFETY: c·k + i + 8 <= c·k + k1 <= C·k <= w.len().
-            *v = unsafe { _mm256_loadu_ps(pw.add(c * k + i)) };
+            *v = unsafe { W::load8(pw.add(c * k + i)) };
         }
         for (r, s) in s.iter_mut().enumerate() {
             // SAFETY: r·k + i + 8 <= R·k <= a.len().

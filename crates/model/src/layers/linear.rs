@@ -8,7 +8,8 @@ use super::gemm::PackedLinear;
 /// `y = x Wᵀ (+ b)` with `W: [out, in]` as stored by PyTorch. Accepts `[.., in]` inputs.
 ///
 /// bf16 weights on the CPU are packed at load time for the GEMM kernels when the CPU has AMX or
-/// AVX-512 BF16 (see `gemm.rs`); the packed copy replaces the tensor. f32 CPU weights take the
+/// AVX-512 BF16 (see `gemm.rs`); the packed copy replaces the tensor; bf16 weights left unpacked
+/// ([`Linear::from_weight`]) take `gemm::unpacked` from two rows. f32 CPU weights take the
 /// gemv kernel for one row and [`few_rows_f32`] for 2..=[`FEW_ROWS_MAX`] rows (batched decode);
 /// everything else is candle's matmul.
 #[derive(Debug, Clone)]
@@ -39,8 +40,9 @@ impl Linear {
     }
 
     /// A layer over an existing tensor, kept as it is: it may be shared (a tied embedding), so
-    /// packing it would hold the weight twice. Multi-row bf16 inputs still take the GEMM kernel,
-    /// which then packs during the call.
+    /// packing it would hold the weight twice. Multi-row bf16 inputs take the small-`m` kernel on
+    /// the unpacked weight up to `gemm::FEW_ROWS_MAX_BF16` rows (batched decode through a tied
+    /// output head), and the GEMM kernel packing during the call beyond.
     pub fn from_weight(weight: Tensor, bias: Option<Tensor>) -> Self {
         Self {
             weight: Weight::Tensor(weight),
