@@ -9,6 +9,8 @@
 
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor};
 
+use super::cast::to_dtype;
+
 /// `√(2/π)`, as PyTorch's `kBeta`.
 const SQRT_2_OVER_PI: f32 = 0.797_884_6;
 const KAPPA: f32 = 0.044_715;
@@ -26,11 +28,10 @@ pub fn gelu_tanh(x: &Tensor) -> Result<Tensor> {
     match dtype {
         DType::F32 => x.contiguous()?.apply_op1_no_bwd(&GeluTanhF32),
         DType::F64 => x.gelu(),
-        dt => x
-            .to_dtype(DType::F32)?
-            .contiguous()?
-            .apply_op1_no_bwd(&GeluTanhF32)?
-            .to_dtype(dt),
+        dt => to_dtype(
+            &to_dtype(x, DType::F32)?.apply_op1_no_bwd(&GeluTanhF32)?,
+            dt,
+        ),
     }
 }
 

@@ -7,6 +7,7 @@
 
 use candle_core::{D, DType, Result, Tensor};
 
+use super::cast::to_dtype;
 use super::{scale, softcap};
 
 /// Options of one attention call.
@@ -32,11 +33,11 @@ pub fn attend(q: &Tensor, k: &Tensor, v: &Tensor, p: AttentionParams<'_>) -> Res
     if let Some(cap) = p.softcap {
         scores = softcap(&scores, cap)?;
     }
-    let mut scores = scores.reshape((heads, t, s))?.to_dtype(DType::F32)?;
+    let mut scores = to_dtype(&scores.reshape((heads, t, s))?, DType::F32)?;
     if let Some(mask) = p.mask {
         scores = scores.broadcast_add(mask)?;
     }
-    let probs = candle_nn::ops::softmax_last_dim(&scores)?.to_dtype(dtype)?;
+    let probs = to_dtype(&candle_nn::ops::softmax_last_dim(&scores)?, dtype)?;
     let probs = probs.reshape((kv_heads, group * t, s))?;
     probs.matmul(&v.contiguous()?)?.reshape((heads, t, d))
 }

@@ -3,6 +3,7 @@
 
 pub mod activation;
 pub mod attention;
+pub mod cast;
 pub mod gemm;
 pub mod gemv;
 pub mod linear;
@@ -19,7 +20,7 @@ pub use activation::gelu_tanh;
 pub fn scale(x: &Tensor, s: f64) -> Result<Tensor> {
     match x.dtype() {
         DType::F32 | DType::F64 => x * s,
-        dt => (x.to_dtype(DType::F32)? * s)?.to_dtype(dt),
+        dt => cast::to_dtype(&(cast::to_dtype(x, DType::F32)? * s)?, dt),
     }
 }
 

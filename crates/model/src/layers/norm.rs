@@ -7,6 +7,8 @@
 use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
+use super::cast::to_dtype;
+
 /// Gemma RMSNorm: `y = x / sqrt(mean(x²) + eps) * (1 + w)`.
 #[derive(Debug, Clone)]
 pub struct RmsNorm {
@@ -26,8 +28,11 @@ impl RmsNorm {
 impl Module for RmsNorm {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let dtype = x.dtype();
-        let xf = x.to_dtype(DType::F32)?.contiguous()?;
-        candle_nn::ops::rms_norm(&xf, &self.scale, self.eps as f32)?.to_dtype(dtype)
+        let xf = to_dtype(x, DType::F32)?.contiguous()?;
+        to_dtype(
+            &candle_nn::ops::rms_norm(&xf, &self.scale, self.eps as f32)?,
+            dtype,
+        )
     }
 }
 
@@ -50,8 +55,9 @@ impl LayerNorm {
 impl Module for LayerNorm {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let dtype = x.dtype();
-        let xf = x.to_dtype(DType::F32)?.contiguous()?;
-        candle_nn::ops::layer_norm(&xf, &self.weight, &self.bias, self.eps as f32)?.to_dtype(dtype)
+        let xf = to_dtype(x, DType::F32)?.contiguous()?;
+        let y = candle_nn::ops::layer_norm(&xf, &self.weight, &self.bias, self.eps as f32)?;
+        to_dtype(&y, dtype)
     }
 }
 
