@@ -382,8 +382,7 @@ pub(crate) fn portable<T: Store>(p: &Problem<'_>, out: OutPtr<T>, u0: usize, u1:
         for c in c0..c1 {
             let w = &p.w[c * k..(c + 1) * k];
             for r in 0..rows {
-                acc[r * width + c - c0] =
-                    crate::gemv::dot_bf16_portable(w, &a32[r * k..(r + 1) * k]);
+                acc[r * width + c - c0] = crate::gemv::dot_portable(w, &a32[r * k..(r + 1) * k]);
             }
         }
         out.tile(&acc[..rows * width], width, r0, c0, p.bias);

@@ -1,7 +1,5 @@
 //! Shape checks, row splitting over threads and the portable dot products of the gemv kernels.
 
-use half::bf16;
-
 use crate::gemm_f32::Weight;
 use crate::{Isa, KernelError};
 
@@ -66,40 +64,19 @@ pub(crate) fn run<T: Sync>(
     });
 }
 
-/// `Σ a[i]·b[i]` for equal-length slices, on the given (supported) instruction set.
-pub(crate) fn dot_f32(isa: Isa, a: &[f32], b: &[f32]) -> f32 {
-    match isa {
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => crate::x86::dot_f32_avx512(a, b),
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => crate::x86::dot_f32_avx2(a, b),
-        _ => dot_f32_portable(a, b),
-    }
-}
-
 /// `Σ f32(a[i])·b[i]` for equal-length slices, on the given (supported) instruction set.
-pub(crate) fn dot_bf16(isa: Isa, a: &[bf16], b: &[f32]) -> f32 {
+pub(crate) fn dot<W: Weight>(isa: Isa, a: &[W], b: &[f32]) -> f32 {
     match isa {
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => crate::x86::dot_bf16_avx512(a, b),
+        Isa::Avx512 => crate::x86::dot_avx512(a, b),
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => crate::x86::dot_bf16_avx2(a, b),
-        _ => dot_bf16_portable(a, b),
+        Isa::Avx2 => crate::x86::dot_avx2(a, b),
+        _ => dot_portable(a, b),
     }
 }
 
-/// Eight independent partial sums (what the SIMD versions do per lane), so the loop can be
-/// vectorised without reassociating a single sum.
-pub(crate) fn dot_f32_portable(a: &[f32], b: &[f32]) -> f32 {
-    dot_portable(a, b)
-}
-
-/// As [`dot_f32_portable`], widening each bf16 weight exactly to f32.
-pub(crate) fn dot_bf16_portable(a: &[bf16], b: &[f32]) -> f32 {
-    dot_portable(a, b)
-}
-
-/// `Σ f32(a[i])·b[i]` in eight lane-wise partial sums, then the tail.
+/// `Σ f32(a[i])·b[i]` in eight lane-wise partial sums (what the SIMD versions do per lane, so
+/// the loop vectorises without reassociating a single sum), then the tail.
 pub(crate) fn dot_portable<W: Weight>(a: &[W], b: &[f32]) -> f32 {
     let mut acc = [0f32; 8];
     let (a8, b8) = (a.chunks_exact(8), b.chunks_exact(8));

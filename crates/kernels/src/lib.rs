@@ -121,7 +121,7 @@ pub fn gemv_f32_with(
     threads: usize,
 ) -> Result<(), KernelError> {
     gemv::check(isa, w.len(), x.len(), y.len(), cols)?;
-    gemv::run(w, x, y, cols, threads, |row, x| gemv::dot_f32(isa, row, x));
+    gemv::run(w, x, y, cols, threads, |row, x| gemv::dot(isa, row, x));
     Ok(())
 }
 
@@ -152,7 +152,7 @@ pub fn gemv_bf16_with(
     threads: usize,
 ) -> Result<(), KernelError> {
     gemv::check(isa, w.len(), x.len(), y.len(), cols)?;
-    gemv::run(w, x, y, cols, threads, |row, x| gemv::dot_bf16(isa, row, x));
+    gemv::run(w, x, y, cols, threads, |row, x| gemv::dot(isa, row, x));
     Ok(())
 }
 
