@@ -120,9 +120,7 @@ pub fn gemv_f32_with(
     cols: usize,
     threads: usize,
 ) -> Result<(), KernelError> {
-    gemv::check(isa, w.len(), x.len(), y.len(), cols)?;
-    gemv::run(w, x, y, cols, threads, |row, x| gemv::dot(isa, row, x));
-    Ok(())
+    gemv_with(isa, w, x, y, cols, threads)
 }
 
 /// `y = W · x` for bf16 weights, f32 activations and f32 accumulation, best [`Isa`].
@@ -151,9 +149,7 @@ pub fn gemv_bf16_with(
     cols: usize,
     threads: usize,
 ) -> Result<(), KernelError> {
-    gemv::check(isa, w.len(), x.len(), y.len(), cols)?;
-    gemv::run(w, x, y, cols, threads, |row, x| gemv::dot(isa, row, x));
-    Ok(())
+    gemv_with(isa, w, x, y, cols, threads)
 }
 
 /// `out[i·n + j] = Σ_c a[i·k + c] · w[j·k + c] (+ bias[j])` for row-major `a: [m, k]` and
@@ -193,17 +189,7 @@ pub fn gemm_f32_with(
     k: usize,
     threads: usize,
 ) -> Result<(), KernelError> {
-    let p = gemm_f32::Problem {
-        a,
-        w,
-        bias,
-        m,
-        n,
-        k,
-    };
-    gemm_f32::check(isa, &p, out.len())?;
-    gemm_f32::run(isa, &p, out, threads);
-    Ok(())
+    few_rows_with(isa, a, w, bias, out, m, n, k, threads)
 }
 
 /// [`gemm_f32`] with a bf16 weight `w: [n, k]` (unpacked, `nn.Linear` layout), each element
@@ -235,6 +221,36 @@ pub fn gemm_f32_bf16_with(
     isa: Isa,
     a: &[f32],
     w: &[bf16],
+    bias: Option<&[f32]>,
+    out: &mut [f32],
+    m: usize,
+    n: usize,
+    k: usize,
+    threads: usize,
+) -> Result<(), KernelError> {
+    few_rows_with(isa, a, w, bias, out, m, n, k, threads)
+}
+
+/// The gemv for either weight type: check, then split rows over threads.
+fn gemv_with<W: gemm_f32::Weight>(
+    isa: Isa,
+    w: &[W],
+    x: &[f32],
+    y: &mut [f32],
+    cols: usize,
+    threads: usize,
+) -> Result<(), KernelError> {
+    gemv::check(isa, w.len(), x.len(), y.len(), cols)?;
+    gemv::run(w, x, y, cols, threads, |row, x| gemv::dot(isa, row, x));
+    Ok(())
+}
+
+/// The few-rows GEMM for either weight type.
+#[allow(clippy::too_many_arguments)]
+fn few_rows_with<W: gemm_f32::Weight>(
+    isa: Isa,
+    a: &[f32],
+    w: &[W],
     bias: Option<&[f32]>,
     out: &mut [f32],
     m: usize,
