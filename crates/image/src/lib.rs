@@ -44,5 +44,7 @@ pub use config::PreprocessorConfig;
 pub use decode::{AlphaMode, DEFAULT_MAX_PIXELS, DecodeOptions, decode, decode_with};
 pub use error::ImageError;
 pub use image::RgbImage;
-pub use preprocess::{PixelValues, preprocess, preprocess_bytes, preprocess_bytes_with};
+pub use preprocess::{
+    PixelValues, decode_options, preprocess, preprocess_bytes, preprocess_bytes_with,
+};
 pub use resize::{Filter, MAX_RESIZE_PIXELS, Resampler, resize, resize_with};

@@ -145,16 +145,22 @@ pub fn preprocess_bytes_with(
     cfg: &PreprocessorConfig,
     max_pixels: u64,
 ) -> Result<PixelValues, ImageError> {
-    let opts = DecodeOptions {
+    let img = decode_with(bytes, &decode_options(cfg, max_pixels))?;
+    preprocess(&img, cfg)
+}
+
+/// How [`preprocess_bytes_with`] decodes for `cfg`: at most `max_pixels`, and transparency
+/// composited over white when `cfg.do_convert_rgb` (as `transformers`' `convert_to_rgb`),
+/// dropped otherwise. For callers that decode and preprocess in separate steps.
+pub fn decode_options(cfg: &PreprocessorConfig, max_pixels: u64) -> DecodeOptions {
+    DecodeOptions {
         max_pixels,
         alpha: if cfg.do_convert_rgb {
             AlphaMode::CompositeOnWhite
         } else {
             AlphaMode::Drop
         },
-    };
-    let img = decode_with(bytes, &opts)?;
-    preprocess(&img, cfg)
+    }
 }
 
 #[cfg(test)]

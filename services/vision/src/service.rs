@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use candle_core::{DType, Tensor};
-use paligemma_image::{AlphaMode, DecodeOptions, PreprocessorConfig};
+use paligemma_image::PreprocessorConfig;
 use paligemma_model::VisionEncoder;
 use paligemma_proto::MAX_CHUNK_BYTES;
 use paligemma_proto::v1::vision_encoder_server::{VisionEncoder as VisionRpc, VisionEncoderServer};
@@ -237,14 +237,7 @@ impl VisionService {
     fn prepare(&self, image: &[u8]) -> Result<Prepared, VisionError> {
         let inner = &*self.inner;
         let cfg = &inner.preprocessor;
-        let opts = DecodeOptions {
-            max_pixels: inner.limits.max_image_pixels,
-            alpha: if cfg.do_convert_rgb {
-                AlphaMode::CompositeOnWhite
-            } else {
-                AlphaMode::Drop
-            },
-        };
+        let opts = paligemma_image::decode_options(cfg, inner.limits.max_image_pixels);
         let decoded = paligemma_image::decode_with(image, &opts).map_err(VisionError::Image)?;
         let key = inner
             .cache
