@@ -14,6 +14,7 @@ use candle_nn::VarBuilder;
 use crate::config::{DecoderFamily, LayerAttention, TextConfig};
 use crate::kv_cache::KvCache;
 use crate::layers::attention::{AttentionParams, attend};
+use crate::layers::elementwise::add;
 use crate::layers::linear::Linear;
 use crate::layers::mlp::GatedMlp;
 use crate::layers::norm::RmsNorm;
@@ -206,16 +207,16 @@ impl DecoderLayer {
             &self.post_feedforward_layernorm,
         ) {
             (Some(pre_ffw), Some(post_ffw)) => {
-                let h = (x + self.post_attention_layernorm.forward(&attn)?)?;
+                let h = add(x, &self.post_attention_layernorm.forward(&attn)?)?;
                 let m = self.mlp.forward(&pre_ffw.forward(&h)?)?;
-                &h + post_ffw.forward(&m)?
+                add(&h, &post_ffw.forward(&m)?)
             }
             _ => {
-                let h = (x + attn)?;
+                let h = add(x, &attn)?;
                 let m = self
                     .mlp
                     .forward(&self.post_attention_layernorm.forward(&h)?)?;
-                &h + m
+                add(&h, &m)
             }
         }
     }

@@ -10,6 +10,7 @@ use candle_nn::VarBuilder;
 
 use crate::config::VisionConfig;
 use crate::layers::attention::{AttentionParams, attend};
+use crate::layers::elementwise::add;
 use crate::layers::linear::Linear;
 use crate::layers::mlp::Mlp;
 use crate::layers::norm::LayerNorm;
@@ -135,10 +136,11 @@ impl EncoderLayer {
     }
 
     fn forward(&self, x: &Tensor, images: usize) -> Result<Tensor> {
-        let h = (x + self
+        let attn = self
             .self_attn
-            .forward(&self.layer_norm1.forward(x)?, images)?)?;
-        &h + self.mlp.forward(&self.layer_norm2.forward(&h)?)?
+            .forward(&self.layer_norm1.forward(x)?, images)?;
+        let h = add(x, &attn)?;
+        add(&h, &self.mlp.forward(&self.layer_norm2.forward(&h)?)?)
     }
 }
 

@@ -9,7 +9,10 @@
 
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor};
 
-use super::cast::to_dtype;
+use half::bf16;
+
+use super::cast::{narrow, to_dtype, widen};
+use super::elementwise::par_map;
 
 /// `√(2/π)`, as PyTorch's `kBeta`.
 const SQRT_2_OVER_PI: f32 = 0.797_884_6;
@@ -26,30 +29,54 @@ pub fn gelu_tanh(x: &Tensor) -> Result<Tensor> {
         };
     }
     match dtype {
-        DType::F32 => x.contiguous()?.apply_op1_no_bwd(&GeluTanhF32),
+        DType::F32 | DType::BF16 => x.contiguous()?.apply_op1_no_bwd(&GeluTanh),
         DType::F64 => x.gelu(),
-        dt => to_dtype(
-            &to_dtype(x, DType::F32)?.apply_op1_no_bwd(&GeluTanhF32)?,
-            dt,
-        ),
+        dt => to_dtype(&to_dtype(x, DType::F32)?.apply_op1_no_bwd(&GeluTanh)?, dt),
     }
 }
 
-struct GeluTanhF32;
+/// f32 in, f32 out; bf16 is widened, evaluated in f32 and rounded once, in one pass.
+struct GeluTanh;
 
-impl CustomOp1 for GeluTanhF32 {
+impl CustomOp1 for GeluTanh {
     fn name(&self) -> &'static str {
-        "gelu-tanh-f32"
+        "gelu-tanh"
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
         let Some((start, end)) = layout.contiguous_offsets() else {
-            candle_core::bail!("gelu-tanh-f32: input must be contiguous");
+            candle_core::bail!("gelu-tanh: input must be contiguous");
         };
-        let x = &storage.as_slice::<f32>()?[start..end];
-        let mut y = vec![0f32; x.len()];
-        gelu_tanh_slice(x, &mut y);
-        Ok((CpuStorage::F32(y), layout.shape().clone()))
+        let out = match storage {
+            CpuStorage::F32(x) => {
+                let x = &x[start..end];
+                let mut y = vec![0f32; x.len()];
+                par_map(x, &mut y, gelu_tanh_slice);
+                CpuStorage::F32(y)
+            }
+            CpuStorage::BF16(x) => {
+                let x = &x[start..end];
+                let mut y = vec![bf16::ZERO; x.len()];
+                par_map(x, &mut y, gelu_tanh_bf16);
+                CpuStorage::BF16(y)
+            }
+            _ => candle_core::bail!("gelu-tanh: only f32 and bf16 storage"),
+        };
+        Ok((out, layout.shape().clone()))
+    }
+}
+
+fn gelu_tanh_bf16(x: &[bf16], y: &mut [bf16]) {
+    const LANES: usize = 16;
+    let mut xs = x.chunks_exact(LANES);
+    let mut ys = y.chunks_exact_mut(LANES);
+    for (xc, yc) in (&mut xs).zip(&mut ys) {
+        for (x, y) in xc.iter().zip(yc.iter_mut()) {
+            *y = narrow(gelu_one(widen(*x)));
+        }
+    }
+    for (x, y) in xs.remainder().iter().zip(ys.into_remainder()) {
+        *y = narrow(gelu_one(widen(*x)));
     }
 }
 
@@ -70,7 +97,7 @@ pub fn gelu_tanh_slice(x: &[f32], y: &mut [f32]) {
 }
 
 #[inline(always)]
-fn gelu_one(x: f32) -> f32 {
+pub(crate) fn gelu_one(x: f32) -> f32 {
     let u = SQRT_2_OVER_PI * x * (1.0 + KAPPA * x * x);
     0.5 * x * (1.0 + tanh(u))
 }
@@ -81,16 +108,17 @@ fn tanh(u: f32) -> f32 {
     1.0 - 2.0 / (exp(2.0 * u) + 1.0)
 }
 
-/// `e^v` for finite `v`, relative error ≈ 2e-7; clamped so that the result is 0 below about −87
-/// and huge (but finite) above 88, which is all `tanh` needs. NaN propagates.
+/// `e^v`, relative error ≈ 2e-7; 0 below −87 (also for −∞, as softmax over masked scores
+/// needs), huge but finite above 88 (all `tanh` needs). NaN propagates.
 #[inline(always)]
-fn exp(v: f32) -> f32 {
+pub(crate) fn exp(v: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
     // ln 2 split in a part exact in f32 and a correction (Cody–Waite), so v − n·ln2 is exact.
     const LN2_HI: f32 = 0.693_145_75;
     const LN2_LO: f32 = 1.428_606_8e-6;
     // Adding then subtracting 1.5·2^23 rounds to the nearest integer without a libm call.
     const ROUND: f32 = 12_582_912.0;
+    let underflow = v < -87.0;
     let v = v.clamp(-87.0, 88.0);
     let n = (v * LOG2E + ROUND) - ROUND;
     let r = (v - n * LN2_HI) - n * LN2_LO;
@@ -101,7 +129,7 @@ fn exp(v: f32) -> f32 {
                 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
     // 2^n by building the exponent bits; n ∈ [−126, 127] after the clamp.
     let scale = f32::from_bits(((n as i32 + 127) as u32) << 23);
-    p * scale
+    if underflow { 0.0 } else { p * scale }
 }
 
 #[cfg(test)]
@@ -150,8 +178,17 @@ mod tests {
         let t = gelu_tanh(&x.t()?)?;
         let diff = (t - want.t()?)?.abs()?.max_all()?.to_scalar::<f32>()?;
         assert!(diff < 2e-6);
-        let b = gelu_tanh(&x.to_dtype(DType::BF16)?)?;
-        assert_eq!(b.dtype(), DType::BF16);
+        // bf16 in one pass = widen, f32 GELU, one rounding (above and below the thread split).
+        for n in [37, 200_003] {
+            let x = Tensor::randn(0f32, 3.0, n, &dev)?.to_dtype(DType::BF16)?;
+            let b = gelu_tanh(&x)?;
+            assert_eq!(b.dtype(), DType::BF16);
+            let want = gelu_tanh(&x.to_dtype(DType::F32)?)?.to_dtype(DType::BF16)?;
+            let bits = |t: &Tensor| -> Result<Vec<u16>> {
+                Ok(t.to_vec1::<bf16>()?.iter().map(|v| v.to_bits()).collect())
+            };
+            assert_eq!(bits(&b)?, bits(&want)?);
+        }
         Ok(())
     }
 }

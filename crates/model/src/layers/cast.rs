@@ -49,13 +49,13 @@ impl CustomOp1 for Cast {
 
 /// Exact: a bf16 is the top half of an f32.
 #[inline(always)]
-fn widen(v: bf16) -> f32 {
+pub(crate) fn widen(v: bf16) -> f32 {
     f32::from_bits(u32::from(v.to_bits()) << 16)
 }
 
 /// Round to nearest, ties to even; NaN stays a (quiet) NaN, infinities and overflow go to ±inf.
 #[inline(always)]
-fn narrow(v: f32) -> bf16 {
+pub(crate) fn narrow(v: f32) -> bf16 {
     let bits = v.to_bits();
     let rounded = bits.wrapping_add(0x7FFF + ((bits >> 16) & 1)) >> 16;
     let nan = ((bits >> 16) | 0x0040) & 0xFFFF;

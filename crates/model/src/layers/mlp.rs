@@ -3,6 +3,7 @@
 use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
+use super::elementwise::gelu_mul;
 use super::gelu_tanh;
 use super::linear::Linear;
 
@@ -26,9 +27,9 @@ impl GatedMlp {
 
 impl Module for GatedMlp {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let gate = gelu_tanh(&self.gate_proj.forward(x)?)?;
+        let gate = self.gate_proj.forward(x)?;
         let up = self.up_proj.forward(x)?;
-        self.down_proj.forward(&(gate * up)?)
+        self.down_proj.forward(&gelu_mul(&gate, &up)?)
     }
 }
 

@@ -4,6 +4,7 @@
 pub mod activation;
 pub mod attention;
 pub mod cast;
+pub mod elementwise;
 pub mod gemm;
 pub mod gemv;
 pub mod linear;
