@@ -4,10 +4,17 @@
 //! the mask), masked and soft-maxed in f32, cast back, then multiplied with the values. Grouped
 //! query attention is computed by folding the query heads of a group into the row dimension, so
 //! keys and values are never repeated in memory.
+//!
+//! On the CPU, half-precision inputs are widened once and both products run as f32 GEMMs
+//! (candle's bf16 matmul converts its operands on every call and was a quarter of a bf16 vision
+//! forward); the activation dtype's roundings — after `q·kᵀ`, after the scale, after each softcap
+//! step, after the softmax — are reproduced on the f32 values in one fused pass with the mask and
+//! the softmax. Products of bf16 values are exact in f32 and PyTorch's bf16 matmul accumulates in
+//! f32 too, so this is the reference's arithmetic up to summation order.
 
-use candle_core::{D, DType, Result, Tensor};
+use candle_core::{CpuStorage, CustomOp1, D, DType, Layout, Result, Shape, Storage, Tensor};
 
-use super::cast::to_dtype;
+use super::cast::{narrow, to_dtype, widen};
 use super::{scale, softcap};
 
 /// Options of one attention call.
@@ -23,10 +30,18 @@ pub struct AttentionParams<'a> {
 
 /// `q: [H, T, d]`, `k, v: [KV, S, d]` with `H % KV == 0` → `[H, T, d]`.
 pub fn attend(q: &Tensor, k: &Tensor, v: &Tensor, p: AttentionParams<'_>) -> Result<Tensor> {
+    if q.device().is_cpu() && matches!(q.dtype(), DType::F32 | DType::BF16) {
+        return attend_cpu(q, k, v, p);
+    }
+    attend_candle(q, k, v, p)
+}
+
+/// The same computation in candle ops on the activation dtype (other devices and dtypes).
+fn attend_candle(q: &Tensor, k: &Tensor, v: &Tensor, p: AttentionParams<'_>) -> Result<Tensor> {
+    let dtype = q.dtype();
     let (heads, t, d) = q.dims3()?;
     let (kv_heads, s, _) = k.dims3()?;
     let group = heads / kv_heads;
-    let dtype = q.dtype();
     // Query head h reads kv head h / group (transformers' repeat_kv order).
     let q = q.reshape((kv_heads, group * t, d))?;
     let mut scores = scale(&q.matmul(&k.t()?)?, p.scale)?;
@@ -40,6 +55,131 @@ pub fn attend(q: &Tensor, k: &Tensor, v: &Tensor, p: AttentionParams<'_>) -> Res
     let probs = to_dtype(&candle_nn::ops::softmax_last_dim(&scores)?, dtype)?;
     let probs = probs.reshape((kv_heads, group * t, s))?;
     probs.matmul(&v.contiguous()?)?.reshape((heads, t, d))
+}
+
+fn attend_cpu(q: &Tensor, k: &Tensor, v: &Tensor, p: AttentionParams<'_>) -> Result<Tensor> {
+    let dtype = q.dtype();
+    let (heads, t, d) = q.dims3()?;
+    let (kv_heads, s, _) = k.dims3()?;
+    let group = heads / kv_heads;
+    let q = to_dtype(q, DType::F32)?.reshape((kv_heads, group * t, d))?;
+    let k = to_dtype(k, DType::F32)?;
+    let v = to_dtype(v, DType::F32)?;
+    let scores = q.matmul(&k.t()?)?;
+    let mask = match p.mask {
+        Some(m) => {
+            if m.elem_count() != t * s {
+                candle_core::bail!("attention mask is {:?}, expected [{t}, {s}]", m.dims());
+            }
+            Some(m.to_dtype(DType::F32)?.contiguous()?)
+        }
+        None => None,
+    };
+    let op = ScoresToProbs {
+        scale: p.scale as f32,
+        softcap: p.softcap.map(|c| c as f32),
+        mask: mask.as_ref(),
+        round_bf16: dtype == DType::BF16,
+        queries: t,
+    };
+    let probs = scores.apply_op1_no_bwd(&op)?;
+    let out = probs.matmul(&v)?.reshape((heads, t, d))?;
+    to_dtype(&out, dtype)
+}
+
+/// Raw f32 scores `[.., T, S]` (rows in query order, `T` per head) → probabilities, in one pass:
+/// scale, softcap, mask, softmax, with the activation dtype's roundings when it is bf16.
+struct ScoresToProbs<'a> {
+    scale: f32,
+    softcap: Option<f32>,
+    mask: Option<&'a Tensor>,
+    round_bf16: bool,
+    /// Rows per head: row `r` of the scores uses mask row `r % queries`.
+    queries: usize,
+}
+
+impl CustomOp1 for ScoresToProbs<'_> {
+    fn name(&self) -> &'static str {
+        "attention-probs"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let Some((start, end)) = layout.contiguous_offsets() else {
+            candle_core::bail!("attention-probs: scores must be contiguous");
+        };
+        let scores = &storage.as_slice::<f32>()?[start..end];
+        let s = layout.shape().dims().last().copied().unwrap_or(1).max(1);
+        let mask_guard = self.mask.map(|m| m.storage_and_layout());
+        let mask = match &mask_guard {
+            Some((storage, layout)) => {
+                let Storage::Cpu(cpu) = &**storage else {
+                    candle_core::bail!("attention-probs: mask must be on the CPU");
+                };
+                let o = layout.start_offset();
+                Some(&cpu.as_slice::<f32>()?[o..o + self.queries * s])
+            }
+            None => None,
+        };
+        let mut probs = vec![0f32; scores.len()];
+        par_rows(scores, &mut probs, s, |first_row, x, y| {
+            for (i, (x, y)) in x.chunks_exact(s).zip(y.chunks_exact_mut(s)).enumerate() {
+                let m = mask.map(|m| {
+                    let r = (first_row + i) % self.queries;
+                    &m[r * s..(r + 1) * s]
+                });
+                self.row(x, m, y);
+            }
+        });
+        Ok((CpuStorage::F32(probs), layout.shape().clone()))
+    }
+}
+
+impl ScoresToProbs<'_> {
+    fn row(&self, x: &[f32], mask: Option<&[f32]>, y: &mut [f32]) {
+        let round = |v: f32| if self.round_bf16 { widen(narrow(v)) } else { v };
+        for (x, y) in x.iter().zip(y.iter_mut()) {
+            *y = round(round(*x) * self.scale);
+        }
+        if let Some(cap) = self.softcap {
+            // Rare (Gemma 2 only) and not vectorised: libm's tanh, as candle's tanh op uses.
+            for y in y.iter_mut() {
+                *y = round(round(round(*y * (1.0 / cap)).tanh()) * cap);
+            }
+        }
+        if let Some(m) = mask {
+            for (y, m) in y.iter_mut().zip(m) {
+                *y += m;
+            }
+        }
+        let max = y.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let mut sum = 0f32;
+        for y in y.iter_mut() {
+            *y = super::activation::exp(*y - max);
+            sum += *y;
+        }
+        for y in y.iter_mut() {
+            *y = round(*y / sum);
+        }
+    }
+}
+
+/// Splits `x`/`y` (rows of `s`) into whole-row pieces over the worker threads; `f` gets the
+/// index of its piece's first row.
+fn par_rows(x: &[f32], y: &mut [f32], s: usize, f: impl Fn(usize, &[f32], &mut [f32]) + Sync) {
+    let rows = x.len() / s;
+    let threads = candle_core::utils::get_num_threads()
+        .max(1)
+        .min(rows.max(1));
+    if threads == 1 || x.len() < (1 << 14) {
+        return f(0, x, y);
+    }
+    let per = rows.div_ceil(threads);
+    std::thread::scope(|scope| {
+        let f = &f;
+        for (i, (x, y)) in x.chunks(per * s).zip(y.chunks_mut(per * s)).enumerate() {
+            scope.spawn(move || f(i * per, x, y));
+        }
+    });
 }
 
 /// Softmax over the last dimension in f32 (helper for tests and callers holding raw scores).
@@ -80,6 +220,45 @@ mod tests {
         let want = naive(&q, &k, &v, 0.3)?;
         let diff = (got - want)?.abs()?.max_all()?.to_scalar::<f32>()?;
         assert!(diff < 1e-5, "max diff {diff}");
+        Ok(())
+    }
+
+    /// The fused CPU path against the same steps in candle ops, with grouped heads, a softcap and
+    /// a mask that blocks some keys: equal in f32 up to summation order, and within a bf16
+    /// rounding step of the output in bf16 (each path rounds at the same points).
+    #[test]
+    fn fused_cpu_path_matches_candle_ops_in_both_dtypes() -> Result<()> {
+        let dev = Device::Cpu;
+        let (t, s) = (5, 7);
+        let q = Tensor::randn(0f32, 1.0, (4, t, 8), &dev)?;
+        let k = Tensor::randn(0f32, 1.0, (2, s, 8), &dev)?;
+        let v = Tensor::randn(0f32, 1.0, (2, s, 8), &dev)?;
+        let mask: Vec<f32> = (0..t * s)
+            .map(|i| {
+                if (i % s) > (i / s) + 2 {
+                    f32::NEG_INFINITY
+                } else {
+                    0.0
+                }
+            })
+            .collect();
+        let mask = Tensor::from_vec(mask, (t, s), &dev)?;
+        for (softcap, mask) in [(None, None), (Some(2.0), Some(&mask))] {
+            let p = AttentionParams {
+                scale: 0.35,
+                softcap,
+                mask,
+            };
+            for (dtype, bound) in [(DType::F32, 1e-6), (DType::BF16, 1.6e-2)] {
+                let (q, k, v) = (q.to_dtype(dtype)?, k.to_dtype(dtype)?, v.to_dtype(dtype)?);
+                let got = attend(&q, &k, &v, p)?;
+                assert_eq!(got.dtype(), dtype);
+                let want = attend_candle(&q, &k, &v, p)?.to_dtype(DType::F32)?;
+                let diff = (got.to_dtype(DType::F32)? - &want)?.abs()?.max_all()?;
+                let diff = diff.to_scalar::<f32>()?;
+                assert!(diff <= bound, "{dtype:?} softcap {softcap:?}: {diff}");
+            }
+        }
         Ok(())
     }
 
