@@ -13,6 +13,7 @@ use half::bf16;
 
 use super::cast::{narrow, to_dtype, widen};
 use super::elementwise::par_map;
+use super::simd::simd_dispatch;
 
 /// `√(2/π)`, as PyTorch's `kBeta`.
 const SQRT_2_OVER_PI: f32 = 0.797_884_6;
@@ -66,7 +67,10 @@ impl CustomOp1 for GeluTanh {
     }
 }
 
-fn gelu_tanh_bf16(x: &[bf16], y: &mut [bf16]) {
+simd_dispatch!(fn gelu_tanh_bf16(x: &[bf16], y: &mut [bf16]) = gelu_tanh_bf16_body;);
+
+#[inline(always)]
+fn gelu_tanh_bf16_body(x: &[bf16], y: &mut [bf16]) {
     const LANES: usize = 16;
     let mut xs = x.chunks_exact(LANES);
     let mut ys = y.chunks_exact_mut(LANES);
@@ -80,8 +84,13 @@ fn gelu_tanh_bf16(x: &[bf16], y: &mut [bf16]) {
     }
 }
 
-/// `y[i] = gelu_tanh(x[i])`; `x` and `y` have the same length.
-pub fn gelu_tanh_slice(x: &[f32], y: &mut [f32]) {
+simd_dispatch!(
+    /// `y[i] = gelu_tanh(x[i])`; `x` and `y` have the same length.
+    pub fn gelu_tanh_slice(x: &[f32], y: &mut [f32]) = gelu_tanh_slice_body;
+);
+
+#[inline(always)]
+fn gelu_tanh_slice_body(x: &[f32], y: &mut [f32]) {
     // Fixed-width chunks let the compiler keep the whole body in vector registers.
     const LANES: usize = 16;
     let mut xs = x.chunks_exact(LANES);

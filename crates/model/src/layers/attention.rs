@@ -15,6 +15,8 @@
 use candle_core::{CpuStorage, CustomOp1, D, DType, Layout, Result, Shape, Storage, Tensor};
 
 use super::cast::{narrow, to_dtype, widen};
+use super::elementwise::par_rows;
+use super::simd::simd_dispatch;
 use super::{scale, softcap};
 
 /// Options of one attention call.
@@ -121,65 +123,94 @@ impl CustomOp1 for ScoresToProbs<'_> {
             None => None,
         };
         let mut probs = vec![0f32; scores.len()];
+        let row = RowParams {
+            len: s,
+            queries: self.queries,
+            scale: self.scale,
+            softcap: self.softcap,
+            round_bf16: self.round_bf16,
+        };
         par_rows(scores, &mut probs, s, |first_row, x, y| {
-            for (i, (x, y)) in x.chunks_exact(s).zip(y.chunks_exact_mut(s)).enumerate() {
-                let m = mask.map(|m| {
-                    let r = (first_row + i) % self.queries;
-                    &m[r * s..(r + 1) * s]
-                });
-                self.row(x, m, y);
-            }
+            probs_rows(row, first_row, x, mask, y);
         });
         Ok((CpuStorage::F32(probs), layout.shape().clone()))
     }
 }
 
-impl ScoresToProbs<'_> {
-    fn row(&self, x: &[f32], mask: Option<&[f32]>, y: &mut [f32]) {
-        let round = |v: f32| if self.round_bf16 { widen(narrow(v)) } else { v };
-        for (x, y) in x.iter().zip(y.iter_mut()) {
-            *y = round(round(*x) * self.scale);
-        }
-        if let Some(cap) = self.softcap {
-            // Rare (Gemma 2 only) and not vectorised: libm's tanh, as candle's tanh op uses.
-            for y in y.iter_mut() {
-                *y = round(round(round(*y * (1.0 / cap)).tanh()) * cap);
-            }
-        }
-        if let Some(m) = mask {
-            for (y, m) in y.iter_mut().zip(m) {
-                *y += m;
-            }
-        }
-        let max = y.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        let mut sum = 0f32;
-        for y in y.iter_mut() {
-            *y = super::activation::exp(*y - max);
-            sum += *y;
-        }
-        for y in y.iter_mut() {
-            *y = round(*y / sum);
+#[derive(Clone, Copy)]
+struct RowParams {
+    len: usize,
+    queries: usize,
+    scale: f32,
+    softcap: Option<f32>,
+    round_bf16: bool,
+}
+
+simd_dispatch!(
+    fn probs_rows(p: RowParams, first_row: usize, x: &[f32], mask: Option<&[f32]>, y: &mut [f32])
+        = probs_rows_body;
+);
+
+#[inline(always)]
+fn probs_rows_body(p: RowParams, first_row: usize, x: &[f32], mask: Option<&[f32]>, y: &mut [f32]) {
+    let s = p.len;
+    for (i, (x, y)) in x.chunks_exact(s).zip(y.chunks_exact_mut(s)).enumerate() {
+        let r = (first_row + i) % p.queries;
+        let m = mask.map(|m| &m[r * s..(r + 1) * s]);
+        if p.round_bf16 {
+            probs_row::<true>(p, x, m, y);
+        } else {
+            probs_row::<false>(p, x, m, y);
         }
     }
 }
 
-/// Splits `x`/`y` (rows of `s`) into whole-row pieces over the worker threads; `f` gets the
-/// index of its piece's first row.
-fn par_rows(x: &[f32], y: &mut [f32], s: usize, f: impl Fn(usize, &[f32], &mut [f32]) + Sync) {
-    let rows = x.len() / s;
-    let threads = candle_core::utils::get_num_threads()
-        .max(1)
-        .min(rows.max(1));
-    if threads == 1 || x.len() < (1 << 14) {
-        return f(0, x, y);
+#[inline(always)]
+fn probs_row<const ROUND: bool>(p: RowParams, x: &[f32], mask: Option<&[f32]>, y: &mut [f32]) {
+    let round = |v: f32| if ROUND { widen(narrow(v)) } else { v };
+    for (x, y) in x.iter().zip(y.iter_mut()) {
+        *y = round(round(*x) * p.scale);
     }
-    let per = rows.div_ceil(threads);
-    std::thread::scope(|scope| {
-        let f = &f;
-        for (i, (x, y)) in x.chunks(per * s).zip(y.chunks_mut(per * s)).enumerate() {
-            scope.spawn(move || f(i * per, x, y));
+    if let Some(cap) = p.softcap {
+        // Gemma 2 only: libm's tanh, as candle's tanh op uses.
+        for y in y.iter_mut() {
+            *y = round(round(round(*y * (1.0 / cap)).tanh()) * cap);
         }
-    });
+    }
+    if let Some(m) = mask {
+        for (y, m) in y.iter_mut().zip(m) {
+            *y += m;
+        }
+    }
+    const LANES: usize = 16;
+    let mut lanes = [f32::NEG_INFINITY; LANES];
+    let mut chunks = y.chunks_exact(LANES);
+    for c in &mut chunks {
+        for (l, v) in lanes.iter_mut().zip(c) {
+            *l = if *v > *l { *v } else { *l };
+        }
+    }
+    let max = chunks
+        .remainder()
+        .iter()
+        .chain(&lanes)
+        .fold(f32::NEG_INFINITY, |m, v| if *v > m { *v } else { m });
+    let mut sums = [0f32; LANES];
+    let mut chunks = y.chunks_exact_mut(LANES);
+    for c in &mut chunks {
+        for (l, v) in sums.iter_mut().zip(c) {
+            *v = super::activation::exp(*v - max);
+            *l += *v;
+        }
+    }
+    let mut sum: f32 = sums.iter().sum();
+    for v in chunks.into_remainder() {
+        *v = super::activation::exp(*v - max);
+        sum += *v;
+    }
+    for y in y.iter_mut() {
+        *y = round(*y / sum);
+    }
 }
 
 /// Softmax over the last dimension in f32 (helper for tests and callers holding raw scores).

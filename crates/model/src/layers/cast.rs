@@ -8,6 +8,8 @@
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor};
 use half::bf16;
 
+use super::simd::simd_dispatch;
+
 /// `x` as `dtype`; the CPU bf16 ↔ f32 directions take the vectorised path, everything else is
 /// candle's `to_dtype`. Results are identical either way (round to nearest even).
 pub fn to_dtype(x: &Tensor, dtype: DType) -> Result<Tensor> {
@@ -35,16 +37,25 @@ impl CustomOp1 for Cast {
             candle_core::bail!("cast: input must be contiguous");
         };
         let out = match (storage, self.0) {
-            (CpuStorage::BF16(x), DType::F32) => {
-                CpuStorage::F32(x[start..end].iter().map(|v| widen(*v)).collect())
-            }
-            (CpuStorage::F32(x), DType::BF16) => {
-                CpuStorage::BF16(x[start..end].iter().map(|v| narrow(*v)).collect())
-            }
+            (CpuStorage::BF16(x), DType::F32) => CpuStorage::F32(widen_all(&x[start..end])),
+            (CpuStorage::F32(x), DType::BF16) => CpuStorage::BF16(narrow_all(&x[start..end])),
             (_, to) => candle_core::bail!("cast: only bf16 <-> f32, not to {to:?}"),
         };
         Ok((out, layout.shape().clone()))
     }
+}
+
+simd_dispatch!(fn widen_all(x: &[bf16]) -> Vec<f32> = widen_all_body;);
+simd_dispatch!(fn narrow_all(x: &[f32]) -> Vec<bf16> = narrow_all_body;);
+
+#[inline(always)]
+fn widen_all_body(x: &[bf16]) -> Vec<f32> {
+    x.iter().map(|v| widen(*v)).collect()
+}
+
+#[inline(always)]
+fn narrow_all_body(x: &[f32]) -> Vec<bf16> {
+    x.iter().map(|v| narrow(*v)).collect()
 }
 
 /// Exact: a bf16 is the top half of an f32.

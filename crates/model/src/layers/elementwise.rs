@@ -12,6 +12,7 @@ use half::bf16;
 
 use super::activation::gelu_one;
 use super::cast::{narrow, widen};
+use super::simd::simd_dispatch;
 
 /// Inputs below this many elements stay on the calling thread (spawning costs ~20 µs).
 const PARALLEL_MIN: usize = 1 << 16;
@@ -88,13 +89,13 @@ impl CustomOp2 for Binary {
             (CpuStorage::F32(a), CpuStorage::F32(b)) => {
                 let (a, b) = (&a[a0..a1], &b[b0..b1]);
                 let mut y = vec![0f32; a.len()];
-                par_zip(a, b, &mut y, |a, b, y| f32_chunk(op, a, b, y));
+                par_zip(a, b, &mut y, 64, |_, a, b, y| f32_chunk(op, a, b, y));
                 CpuStorage::F32(y)
             }
             (CpuStorage::BF16(a), CpuStorage::BF16(b)) => {
                 let (a, b) = (&a[a0..a1], &b[b0..b1]);
                 let mut y = vec![bf16::ZERO; a.len()];
-                par_zip(a, b, &mut y, |a, b, y| bf16_chunk(op, a, b, y));
+                par_zip(a, b, &mut y, 64, |_, a, b, y| bf16_chunk(op, a, b, y));
                 CpuStorage::BF16(y)
             }
             _ => candle_core::bail!("elementwise: inputs must both be f32 or both bf16"),
@@ -105,35 +106,54 @@ impl CustomOp2 for Binary {
 
 /// Runs `f` over matching pieces of `x` and `y`, on all worker threads for large inputs.
 pub(crate) fn par_map<T: Sync, U: Send>(x: &[T], y: &mut [U], f: impl Fn(&[T], &mut [U]) + Sync) {
-    par_zip(x, x, y, |x, _, y| f(x, y));
+    par_zip(x, x, y, 64, |_, x, _, y| f(x, y));
 }
 
-/// Runs `f` over matching pieces of `a`, `b`, `y`, on all worker threads for large inputs.
+/// Like [`par_map`] with pieces of whole `unit`-element rows; `f` also gets the index of its
+/// piece's first row.
+pub(crate) fn par_rows<T: Sync, U: Send>(
+    x: &[T],
+    y: &mut [U],
+    unit: usize,
+    f: impl Fn(usize, &[T], &mut [U]) + Sync,
+) {
+    let unit = unit.max(1);
+    par_zip(x, x, y, unit, |first, x, _, y| f(first / unit, x, y));
+}
+
+/// Runs `f` over matching pieces of `a`, `b`, `y` (each a multiple of `unit` elements long, so
+/// rows and SIMD loops stay whole), on all worker threads for large inputs. `f` gets the offset
+/// of its piece.
 fn par_zip<T: Sync, U: Send>(
     a: &[T],
     b: &[T],
     y: &mut [U],
-    f: impl Fn(&[T], &[T], &mut [U]) + Sync,
+    unit: usize,
+    f: impl Fn(usize, &[T], &[T], &mut [U]) + Sync,
 ) {
     let threads = candle_core::utils::get_num_threads().max(1);
     if threads == 1 || y.len() < PARALLEL_MIN {
-        return f(a, b, y);
+        return f(0, a, b, y);
     }
-    // Pieces a multiple of 64 elements long keep every piece's SIMD loop whole.
-    let piece = y.len().div_ceil(threads).next_multiple_of(64);
+    let piece = y.len().div_ceil(threads).next_multiple_of(unit);
     std::thread::scope(|s| {
         let f = &f;
-        for ((a, b), y) in a
+        for (i, ((a, b), y)) in a
             .chunks(piece)
             .zip(b.chunks(piece))
             .zip(y.chunks_mut(piece))
+            .enumerate()
         {
-            s.spawn(move || f(a, b, y));
+            s.spawn(move || f(i * piece, a, b, y));
         }
     });
 }
 
-fn f32_chunk(op: Op, a: &[f32], b: &[f32], y: &mut [f32]) {
+simd_dispatch!(fn f32_chunk(op: Op, a: &[f32], b: &[f32], y: &mut [f32]) = f32_chunk_body;);
+simd_dispatch!(fn bf16_chunk(op: Op, a: &[bf16], b: &[bf16], y: &mut [bf16]) = bf16_chunk_body;);
+
+#[inline(always)]
+fn f32_chunk_body(op: Op, a: &[f32], b: &[f32], y: &mut [f32]) {
     for ((a, b), y) in a.iter().zip(b).zip(y) {
         let a = if matches!(op, Op::GeluMul) {
             gelu_one(*a)
@@ -144,7 +164,8 @@ fn f32_chunk(op: Op, a: &[f32], b: &[f32], y: &mut [f32]) {
     }
 }
 
-fn bf16_chunk(op: Op, a: &[bf16], b: &[bf16], y: &mut [bf16]) {
+#[inline(always)]
+fn bf16_chunk_body(op: Op, a: &[bf16], b: &[bf16], y: &mut [bf16]) {
     // Fixed-width chunks so the compiler keeps the whole body in vector registers.
     const LANES: usize = 16;
     let one = |a: bf16, b: bf16| -> bf16 {

@@ -11,6 +11,7 @@ pub mod linear;
 pub mod mlp;
 pub mod norm;
 pub mod rope;
+mod simd;
 
 use candle_core::{DType, Result, Tensor};
 
