@@ -226,7 +226,9 @@ impl Checkpoint {
         if let Some(info) = self.tensors.get(actual) {
             self.progress.inc(info.byte_len());
         }
-        tensor.to_dtype(dtype)
+        // f32 checkpoints (the published PaliGemma ones) loaded as bf16 take the vectorised
+        // cast; candle's element-by-element one was most of a bf16 load's CPU time.
+        crate::layers::cast::to_dtype(&tensor, dtype)
     }
 }
 
