@@ -10,7 +10,12 @@ use candle_core::{DType, Device, Tensor};
 use half::bf16;
 use paligemma_kernels::{GemmIsa, GemmOut, PackedBf16, gemm_bf16_packed, gemm_bf16_with};
 
-const SHAPES: [(usize, usize, usize); 2] = [(256, 1152, 4304), (266, 2048, 16384)];
+const SHAPES: [(usize, usize, usize); 4] = [
+    (256, 1152, 1152),
+    (256, 1152, 4304),
+    (256, 4304, 1152),
+    (266, 2048, 16384),
+];
 
 /// GFLOP/s of the best of `reps` timed calls after one warm-up call.
 fn gflops(

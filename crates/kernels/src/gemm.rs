@@ -118,6 +118,11 @@ fn pack_pairs(w: &[bf16], n: usize, k: usize, threads: usize) -> Vec<bf16> {
     }
     let blocks = np / NB;
     let per = blocks.div_ceil(threads.clamp(1, blocks));
+    if per >= blocks {
+        // One part: no thread to start (attention packs small blocks per call).
+        pack_blocks(w, n, k, 0, &mut out);
+        return out;
+    }
     std::thread::scope(|s| {
         for (part, dst) in out.chunks_mut(per * NB * kp).enumerate() {
             s.spawn(move || pack_blocks(w, n, k, part * per, dst));
@@ -189,17 +194,41 @@ impl GemmOut<'_> {
 /// An output element type.
 pub(crate) trait Store: Copy + Send + Sync {
     fn from_acc(v: f32) -> Self;
+
+    /// `dst[c] = from_acc(src[c] + bias[c])`, as one branch-free loop the compiler vectorises.
+    #[inline(always)]
+    fn store_row(dst: &mut [Self], src: &[f32], bias: Option<&[f32]>) {
+        match bias {
+            Some(b) => {
+                for ((d, s), b) in dst.iter_mut().zip(src).zip(b) {
+                    *d = Self::from_acc(s + b);
+                }
+            }
+            None => {
+                for (d, s) in dst.iter_mut().zip(src) {
+                    *d = Self::from_acc(*s);
+                }
+            }
+        }
+    }
 }
 
 impl Store for f32 {
+    #[inline(always)]
     fn from_acc(v: f32) -> Self {
         v
     }
 }
 
 impl Store for bf16 {
+    /// Round to nearest even, NaN kept quiet: the same bits as `bf16::from_f32`, without its
+    /// branches (which kept the output loop scalar).
+    #[inline(always)]
     fn from_acc(v: f32) -> Self {
-        bf16::from_f32(v)
+        let bits = v.to_bits();
+        let rounded = bits.wrapping_add(0x7FFF + ((bits >> 16) & 1)) >> 16;
+        let nan = ((bits >> 16) | 0x0040) & 0xFFFF;
+        bf16::from_bits((if v.is_nan() { nan } else { rounded }) as u16)
     }
 }
 
@@ -231,15 +260,15 @@ impl<T: Store> OutPtr<T> {
     ) {
         let rows = (acc.len() / ld).min(self.m.saturating_sub(row0));
         let cols = ld.min(self.n.saturating_sub(col0));
+        let bias = bias.map(|b| &b[col0..col0 + cols]);
         for r in 0..rows {
             let src = &acc[r * ld..r * ld + cols];
             let base = (row0 + r) * self.n + col0;
-            for (c, &v) in src.iter().enumerate() {
-                let v = bias.map_or(v, |b| v + b[col0 + c]);
-                // SAFETY: row0 + r < m and col0 + c < n, so the index is inside the m·n output
-                // (its length was checked by `check`); columns are owned by this thread.
-                unsafe { *self.ptr.add(base + c) = T::from_acc(v) };
-            }
+            // SAFETY: row0 + r < m and col0 + cols <= n, so `base..base + cols` is inside the
+            // m·n output (its length was checked by `check`); these columns belong to this
+            // thread alone, so no other reference to them exists while this one lives.
+            let dst = unsafe { std::slice::from_raw_parts_mut(self.ptr.add(base), cols) };
+            T::store_row(dst, src, bias);
         }
     }
 }
