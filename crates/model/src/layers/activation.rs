@@ -136,8 +136,11 @@ pub(crate) fn exp(v: f32) -> f32 {
         + r * (1.0
             + r * (0.5
                 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
-    // 2^n by building the exponent bits; n ∈ [−126, 127] after the clamp.
-    let scale = f32::from_bits(((n as i32 + 127) as u32) << 23);
+    // 2^n by building the exponent bits; n ∈ [−126, 127] after the clamp, so n + 127 is an
+    // integer in [1, 254], and adding 2^23 leaves it in the low mantissa bits. (`n as i32` is a
+    // saturating conversion LLVM did not vectorise.)
+    let biased = (n + (127.0 + 8_388_608.0)).to_bits() & 0xFF;
+    let scale = f32::from_bits(biased << 23);
     if underflow { 0.0 } else { p * scale }
 }
 

@@ -64,10 +64,6 @@ fn attend_cpu(q: &Tensor, k: &Tensor, v: &Tensor, p: AttentionParams<'_>) -> Res
     let (heads, t, d) = q.dims3()?;
     let (kv_heads, s, _) = k.dims3()?;
     let group = heads / kv_heads;
-    let q = to_dtype(q, DType::F32)?.reshape((kv_heads, group * t, d))?;
-    let k = to_dtype(k, DType::F32)?;
-    let v = to_dtype(v, DType::F32)?;
-    let scores = q.matmul(&k.t()?)?;
     let mask = match p.mask {
         Some(m) => {
             if m.elem_count() != t * s {
@@ -77,6 +73,13 @@ fn attend_cpu(q: &Tensor, k: &Tensor, v: &Tensor, p: AttentionParams<'_>) -> Res
         }
         None => None,
     };
+    if dtype == DType::BF16 && super::gemm::fast_isa().is_some() {
+        return super::attention_bf16::attend(q, k, v, p, mask.as_ref());
+    }
+    let q = to_dtype(q, DType::F32)?.reshape((kv_heads, group * t, d))?;
+    let k = to_dtype(k, DType::F32)?;
+    let v = to_dtype(v, DType::F32)?;
+    let scores = q.matmul(&k.t()?)?;
     let op = ScoresToProbs {
         scale: p.scale as f32,
         softcap: p.softcap.map(|c| c as f32),
@@ -137,17 +140,21 @@ impl CustomOp1 for ScoresToProbs<'_> {
     }
 }
 
+/// What turns one row of raw scores into probabilities.
 #[derive(Clone, Copy)]
-struct RowParams {
-    len: usize,
-    queries: usize,
-    scale: f32,
-    softcap: Option<f32>,
-    round_bf16: bool,
+pub(crate) struct RowParams {
+    /// Keys per row.
+    pub len: usize,
+    /// Rows per head: row `r` uses mask row `r % queries`.
+    pub queries: usize,
+    pub scale: f32,
+    pub softcap: Option<f32>,
+    pub round_bf16: bool,
 }
 
 simd_dispatch!(
-    fn probs_rows(p: RowParams, first_row: usize, x: &[f32], mask: Option<&[f32]>, y: &mut [f32])
+    /// Rows `first_row..` of raw scores `x` → probabilities `y` (rows of `p.len`).
+    pub(crate) fn probs_rows(p: RowParams, first_row: usize, x: &[f32], mask: Option<&[f32]>, y: &mut [f32])
         = probs_rows_body;
 );
 
@@ -260,34 +267,41 @@ mod tests {
     #[test]
     fn fused_cpu_path_matches_candle_ops_in_both_dtypes() -> Result<()> {
         let dev = Device::Cpu;
-        let (t, s) = (5, 7);
-        let q = Tensor::randn(0f32, 1.0, (4, t, 8), &dev)?;
-        let k = Tensor::randn(0f32, 1.0, (2, s, 8), &dev)?;
-        let v = Tensor::randn(0f32, 1.0, (2, s, 8), &dev)?;
-        let mask: Vec<f32> = (0..t * s)
-            .map(|i| {
-                if (i % s) > (i / s) + 2 {
-                    f32::NEG_INFINITY
-                } else {
-                    0.0
+        // Small blocks, and blocks of 70 × 2 rows per kv head (the AMX kernel from 64 rows,
+        // several blocks per thread).
+        for (t, s, d) in [(5, 7, 8), (70, 90, 24)] {
+            let q = Tensor::randn(0f32, 1.0, (4, t, d), &dev)?;
+            let k = Tensor::randn(0f32, 1.0, (2, s, d), &dev)?;
+            let v = Tensor::randn(0f32, 1.0, (2, s, d), &dev)?;
+            let mask: Vec<f32> = (0..t * s)
+                .map(|i| {
+                    if (i % s) > (i / s) + 2 {
+                        f32::NEG_INFINITY
+                    } else {
+                        0.0
+                    }
+                })
+                .collect();
+            let mask = Tensor::from_vec(mask, (t, s), &dev)?;
+            for (softcap, mask) in [(None, None), (Some(2.0), Some(&mask))] {
+                let p = AttentionParams {
+                    scale: 0.35,
+                    softcap,
+                    mask,
+                };
+                for (dtype, bound) in [(DType::F32, 1e-5), (DType::BF16, 1.6e-2)] {
+                    let (q, k, v) = (q.to_dtype(dtype)?, k.to_dtype(dtype)?, v.to_dtype(dtype)?);
+                    let got = attend(&q, &k, &v, p)?;
+                    assert_eq!(got.dtype(), dtype);
+                    assert_eq!(got.dims(), q.dims());
+                    let want = attend_candle(&q, &k, &v, p)?.to_dtype(DType::F32)?;
+                    let diff = (got.to_dtype(DType::F32)? - &want)?.abs()?.max_all()?;
+                    let diff = diff.to_scalar::<f32>()?;
+                    assert!(
+                        diff <= bound,
+                        "{t}x{s} {dtype:?} softcap {softcap:?}: {diff}"
+                    );
                 }
-            })
-            .collect();
-        let mask = Tensor::from_vec(mask, (t, s), &dev)?;
-        for (softcap, mask) in [(None, None), (Some(2.0), Some(&mask))] {
-            let p = AttentionParams {
-                scale: 0.35,
-                softcap,
-                mask,
-            };
-            for (dtype, bound) in [(DType::F32, 1e-6), (DType::BF16, 1.6e-2)] {
-                let (q, k, v) = (q.to_dtype(dtype)?, k.to_dtype(dtype)?, v.to_dtype(dtype)?);
-                let got = attend(&q, &k, &v, p)?;
-                assert_eq!(got.dtype(), dtype);
-                let want = attend_candle(&q, &k, &v, p)?.to_dtype(DType::F32)?;
-                let diff = (got.to_dtype(DType::F32)? - &want)?.abs()?.max_all()?;
-                let diff = diff.to_scalar::<f32>()?;
-                assert!(diff <= bound, "{dtype:?} softcap {softcap:?}: {diff}");
             }
         }
         Ok(())

@@ -24,7 +24,7 @@ pub fn fast_isa() -> Option<GemmIsa> {
     (isa != GemmIsa::Portable).then_some(isa)
 }
 
-fn kernel_err(e: paligemma_kernels::KernelError) -> candle_core::Error {
+pub(crate) fn kernel_err(e: paligemma_kernels::KernelError) -> candle_core::Error {
     candle_core::Error::Msg(format!("gemm: {e}"))
 }
 
@@ -169,7 +169,7 @@ fn rows_and_shape(x: &Tensor, k: usize, n: usize) -> Result<(usize, Vec<usize>)>
 
 /// Calls `f` with the elements of the bf16 CPU tensor `t` in row-major order, without copying
 /// when `t` is contiguous.
-fn with_bf16_slice<R>(t: &Tensor, f: impl FnOnce(&[bf16]) -> Result<R>) -> Result<R> {
+pub(crate) fn with_bf16_slice<R>(t: &Tensor, f: impl FnOnce(&[bf16]) -> Result<R>) -> Result<R> {
     let t = t.contiguous()?;
     let (storage, layout) = t.storage_and_layout();
     let Storage::Cpu(cpu) = &*storage else {

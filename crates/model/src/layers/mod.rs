@@ -3,6 +3,7 @@
 
 pub mod activation;
 pub mod attention;
+mod attention_bf16;
 pub mod cast;
 pub mod elementwise;
 pub mod gemm;
