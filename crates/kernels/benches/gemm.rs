@@ -1,7 +1,7 @@
 //! bf16 GEMM at the prefill / vision-encoder shapes, in GFLOP/s: our kernels on each available
 //! level (weight packed beforehand, and packed inside the call) vs candle 0.11's matmul in bf16
-//! and f32. Shapes are m×k×n with `W: [n, k]`: the SigLIP MLP (256×1152×4304) and the Gemma-2B
-//! MLP at a 266-token prefill (266×2048×16384). Run with
+//! and f32. Shapes are m×k×n with `W: [n, k]`: SigLIP's attention projection and MLP at 256
+//! rows, and the Gemma-2B MLP (up, down) at a 266-token prefill. Run with
 //! `cargo bench -p paligemma-kernels --bench gemm`; timings on a shared machine are noisy.
 
 use std::time::Instant;
@@ -10,11 +10,12 @@ use candle_core::{DType, Device, Tensor};
 use half::bf16;
 use paligemma_kernels::{GemmIsa, GemmOut, PackedBf16, gemm_bf16_packed, gemm_bf16_with};
 
-const SHAPES: [(usize, usize, usize); 4] = [
+const SHAPES: [(usize, usize, usize); 5] = [
     (256, 1152, 1152),
     (256, 1152, 4304),
     (256, 4304, 1152),
     (266, 2048, 16384),
+    (266, 16384, 2048),
 ];
 
 /// GFLOP/s of the best of `reps` timed calls after one warm-up call.

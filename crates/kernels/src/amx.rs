@@ -4,7 +4,10 @@
 //! Each step multiplies a 32×32-bf16 block of A by a 32×32 block of W (as two 16-column VNNI
 //! tiles) into four 16×16 f32 accumulator tiles: tmm0-3 hold C, tmm4-5 the two A tiles, tmm6-7
 //! the two W tiles. The accumulators stay in tiles for the whole `k` loop and are written out
-//! once through a small scratch buffer, where the epilogue adds the bias and rounds.
+//! once through a small scratch buffer, where the epilogue adds the bias and rounds — unless
+//! packed A outgrows L2 (long `k`: SigLIP fc2, Gemma down_proj), in which case `k` is cut in
+//! chunks, every column block of the thread runs one chunk before the next, and the partial
+//! sums go through an f32 buffer between chunks (256×4304×1152: 780 → 950 GFLOP/s).
 //!
 //! Tile registers are per-thread state the compiler never touches, so configuring them in one
 //! `asm!` block and using them in later ones is sound as long as the same thread does both.
@@ -111,12 +114,48 @@ pub(crate) fn columns<T: Store>(p: &Problem<'_>, a: &[bf16], out: OutPtr<T>, u0:
         available() && lengths_ok,
         "gemm kernel called with unchecked arguments"
     );
+    if u0 >= u1 {
+        return;
+    }
     let steps = kp / KB;
     let cfg = TileConfig::all_full();
-    let mut scratch = [0f32; 2 * TM * NW];
     // SAFETY: AMX is available and permitted (checked above); the config is a valid palette-1
     // description of 64 readable bytes.
     unsafe { asm!("ldtilecfg [{}]", in(reg) &raw const cfg, options(nostack, readonly)) };
+    let chunk = chunk_steps(m_blocks, steps);
+    if chunk >= steps {
+        whole_k(p, a, out, u0, u1, steps);
+    } else {
+        blocked_k(p, a, out, u0, u1, steps, chunk);
+    }
+    // SAFETY: AMX is available; releasing returns the tile state to its initial value so the
+    // OS need not save it on context switches.
+    unsafe { asm!("tilerelease", options(nostack, nomem)) };
+}
+
+/// Bytes of packed A one `k` chunk may span: above this A no longer stays in L2 while W's
+/// column blocks stream past it (SigLIP fc2: 2.2 MB; Gemma down_proj at 272 rows: 8.9 MB).
+const A_CHUNK_BYTES: usize = 512 << 10;
+
+/// `k` steps per chunk so that a chunk of packed A fits [`A_CHUNK_BYTES`].
+fn chunk_steps(m_blocks: usize, steps: usize) -> usize {
+    let step_bytes = m_blocks * TM * KB * std::mem::size_of::<bf16>();
+    (A_CHUNK_BYTES / step_bytes.max(1)).clamp(1, steps.max(1))
+}
+
+/// Each 32×32 output block over the whole `k` in tiles, written out through a scratch block.
+fn whole_k<T: Store>(
+    p: &Problem<'_>,
+    a: &[bf16],
+    out: OutPtr<T>,
+    u0: usize,
+    u1: usize,
+    steps: usize,
+) {
+    let kp = steps * KB;
+    let m_blocks = p.m.div_ceil(TM);
+    let mut scratch = [0f32; 2 * TM * NW];
+    let stride = NW * 4;
     for u in u0..u1 {
         let b0 = p.w[u * NW * kp..].as_ptr();
         // SAFETY (for the offsets below): `p.w` holds at least u1·NW·kp elements, so both column
@@ -126,14 +165,19 @@ pub(crate) fn columns<T: Store>(p: &Problem<'_>, a: &[bf16], out: OutPtr<T>, u0:
         while mb < m_blocks {
             let a0 = a[mb * TM * kp..].as_ptr();
             let two = mb + 1 < m_blocks;
-            // SAFETY: tiles configured above on this thread; every tile load reads `steps`
-            // consecutive 1 KiB tiles starting at a0/a1/b0/b1, all inside `a` and `p.w` as
-            // shown above; the stores write 2·TM (or TM) rows of NW f32 into `scratch`.
+            let c = scratch.as_mut_ptr();
+            // SAFETY: tiles configured by the caller on this thread; every tile load reads
+            // `steps` consecutive 1 KiB tiles starting at a0/a1/b0/b1, all inside `a` and `p.w`
+            // as shown above; the stores write 2·TM (or TM) rows of NW f32 into `scratch`.
             unsafe {
                 if two {
-                    tiles_2x2(a0, a0.add(TM * kp), b0, b1, steps, scratch.as_mut_ptr());
+                    zero_2x2();
+                    mul_2x2(a0, a0.add(TM * kp), b0, b1, steps);
+                    store_2x2(c, stride);
                 } else {
-                    tiles_1x2(a0, b0, b1, steps, scratch.as_mut_ptr());
+                    zero_1x2();
+                    mul_1x2(a0, b0, b1, steps);
+                    store_1x2(c, stride);
                 }
             }
             let rows = if two { 2 * TM } else { TM };
@@ -141,31 +185,163 @@ pub(crate) fn columns<T: Store>(p: &Problem<'_>, a: &[bf16], out: OutPtr<T>, u0:
             mb += if two { 2 } else { 1 };
         }
     }
-    // SAFETY: AMX is available; releasing returns the tile state to its initial value so the
-    // OS need not save it on context switches.
-    unsafe { asm!("tilerelease", options(nostack, nomem)) };
 }
 
-/// C[32×32] = Σ over `steps` of A(2 tiles) · B(2 tiles), stored row-major (stride NW f32).
-///
-/// # Safety
-/// Tiles must be configured by `TileConfig::all_full` on this thread; `a0`, `a1`, `b0`, `b1`
-/// must each be followed by `steps` KiB readable; `c` must have room for 32×32 f32.
-unsafe fn tiles_2x2(
-    a0: *const bf16,
-    a1: *const bf16,
-    b0: *const bf16,
-    b1: *const bf16,
+/// As [`whole_k`] in chunks of `chunk` steps (all column blocks of the thread per chunk, so a
+/// chunk of A stays in L2), partial sums kept in an f32 buffer for the thread's columns.
+fn blocked_k<T: Store>(
+    p: &Problem<'_>,
+    a: &[bf16],
+    out: OutPtr<T>,
+    u0: usize,
+    u1: usize,
     steps: usize,
-    c: *mut f32,
+    chunk: usize,
 ) {
-    // SAFETY: guaranteed by the caller, see above.
+    let kp = steps * KB;
+    let m_blocks = p.m.div_ceil(TM);
+    let ld = (u1 - u0) * NW;
+    let mut acc = vec![0f32; m_blocks * TM * ld];
+    let stride = ld * 4;
+    for c0 in (0..steps).step_by(chunk) {
+        let n = chunk.min(steps - c0);
+        for u in u0..u1 {
+            // SAFETY (for the offsets below): as in `whole_k`; c0 + n <= steps, so each tile
+            // run stays inside its block of A or W. `acc` has m_blocks·TM rows of `ld` f32 and
+            // the unit's 32 columns start at (u − u0)·NW.
+            let b0 = unsafe { p.w[u * NW * kp..].as_ptr().add(c0 * NB * KB) };
+            let b1 = unsafe { b0.add(NB * kp) };
+            let mut mb = 0;
+            while mb < m_blocks {
+                let a0 = unsafe { a[mb * TM * kp..].as_ptr().add(c0 * TM * KB) };
+                let two = mb + 1 < m_blocks;
+                let c = acc[mb * TM * ld + (u - u0) * NW..].as_mut_ptr();
+                // SAFETY: tiles configured by the caller on this thread; loads and stores of C
+                // cover 2·TM (or TM) rows × NW columns at row stride `ld` inside `acc`.
+                unsafe {
+                    match (two, c0 == 0) {
+                        (true, true) => zero_2x2(),
+                        (true, false) => load_2x2(c, stride),
+                        (false, true) => zero_1x2(),
+                        (false, false) => load_1x2(c, stride),
+                    }
+                    if two {
+                        mul_2x2(a0, a0.add(TM * kp), b0, b1, n);
+                        store_2x2(c, stride);
+                    } else {
+                        mul_1x2(a0, b0, b1, n);
+                        store_1x2(c, stride);
+                    }
+                }
+                mb += if two { 2 } else { 1 };
+            }
+        }
+    }
+    out.tile(&acc, ld, 0, u0 * NW, p.bias);
+}
+
+// The tile routines below share one contract.
+//
+// # Safety
+// Tiles must be configured by `TileConfig::all_full` on this thread. `mul_*`: `a0`, `a1`, `b0`,
+// `b1` must each be followed by `steps ≥ 1` KiB readable. `load_*` / `store_*`: `c` must address
+// 16 (1x2) or 32 (2x2) rows of 32 f32 at a row stride of `stride` bytes.
+
+/// C tiles tmm0-3 = 0.
+unsafe fn zero_2x2() {
+    // SAFETY: see the contract above.
     unsafe {
         asm!(
             "tilezero tmm0",
             "tilezero tmm1",
             "tilezero tmm2",
             "tilezero tmm3",
+            options(nostack, nomem)
+        )
+    };
+}
+
+/// C tiles tmm0-1 = 0.
+unsafe fn zero_1x2() {
+    // SAFETY: see the contract above.
+    unsafe { asm!("tilezero tmm0", "tilezero tmm1", options(nostack, nomem)) };
+}
+
+/// C tiles tmm0-3 from 32×32 f32 at `c`.
+unsafe fn load_2x2(c: *const f32, stride: usize) {
+    // SAFETY: see the contract above.
+    unsafe {
+        asm!(
+            "tileloadd tmm0, [{c} + {cs}]",
+            "tileloadd tmm1, [{c} + {cs} + 64]",
+            "add {c}, {half}",
+            "tileloadd tmm2, [{c} + {cs}]",
+            "tileloadd tmm3, [{c} + {cs} + 64]",
+            c = inout(reg) c => _,
+            cs = in(reg) stride,
+            half = in(reg) TM * stride,
+            options(nostack, readonly),
+        )
+    };
+}
+
+/// C tiles tmm0-1 from 16×32 f32 at `c`.
+unsafe fn load_1x2(c: *const f32, stride: usize) {
+    // SAFETY: see the contract above.
+    unsafe {
+        asm!(
+            "tileloadd tmm0, [{c} + {cs}]",
+            "tileloadd tmm1, [{c} + {cs} + 64]",
+            c = in(reg) c,
+            cs = in(reg) stride,
+            options(nostack, readonly),
+        )
+    };
+}
+
+/// C tiles tmm0-3 to 32×32 f32 at `c`.
+unsafe fn store_2x2(c: *mut f32, stride: usize) {
+    // SAFETY: see the contract above.
+    unsafe {
+        asm!(
+            "tilestored [{c} + {cs}], tmm0",
+            "tilestored [{c} + {cs} + 64], tmm1",
+            "add {c}, {half}",
+            "tilestored [{c} + {cs}], tmm2",
+            "tilestored [{c} + {cs} + 64], tmm3",
+            c = inout(reg) c => _,
+            cs = in(reg) stride,
+            half = in(reg) TM * stride,
+            options(nostack),
+        )
+    };
+}
+
+/// C tiles tmm0-1 to 16×32 f32 at `c`.
+unsafe fn store_1x2(c: *mut f32, stride: usize) {
+    // SAFETY: see the contract above.
+    unsafe {
+        asm!(
+            "tilestored [{c} + {cs}], tmm0",
+            "tilestored [{c} + {cs} + 64], tmm1",
+            c = in(reg) c,
+            cs = in(reg) stride,
+            options(nostack),
+        )
+    };
+}
+
+/// C(tmm0-3) += Σ over `steps` of A(2 tiles) · B(2 tiles).
+unsafe fn mul_2x2(
+    a0: *const bf16,
+    a1: *const bf16,
+    b0: *const bf16,
+    b1: *const bf16,
+    steps: usize,
+) {
+    // SAFETY: see the contract above.
+    unsafe {
+        asm!(
             "2:",
             "tileloadd tmm4, [{a0} + {s}]",
             "tileloadd tmm6, [{b0} + {s}]",
@@ -181,34 +357,22 @@ unsafe fn tiles_2x2(
             "add {b1}, 1024",
             "dec {n}",
             "jnz 2b",
-            "tilestored [{c} + {cs}], tmm0",
-            "tilestored [{c} + {cs} + 64], tmm1",
-            "add {c}, 2048",
-            "tilestored [{c} + {cs}], tmm2",
-            "tilestored [{c} + {cs} + 64], tmm3",
             a0 = inout(reg) a0 => _,
             a1 = inout(reg) a1 => _,
             b0 = inout(reg) b0 => _,
             b1 = inout(reg) b1 => _,
             n = inout(reg) steps => _,
-            c = inout(reg) c => _,
             s = in(reg) 64usize,
-            cs = in(reg) NW * 4,
-            options(nostack),
+            options(nostack, readonly),
         );
     }
 }
 
-/// As [`tiles_2x2`] for a last block of 16 rows of A.
-///
-/// # Safety
-/// As [`tiles_2x2`], with room for 16×32 f32 at `c`.
-unsafe fn tiles_1x2(a0: *const bf16, b0: *const bf16, b1: *const bf16, steps: usize, c: *mut f32) {
-    // SAFETY: guaranteed by the caller, see above.
+/// C(tmm0-1) += Σ over `steps` of A(1 tile) · B(2 tiles).
+unsafe fn mul_1x2(a0: *const bf16, b0: *const bf16, b1: *const bf16, steps: usize) {
+    // SAFETY: see the contract above.
     unsafe {
         asm!(
-            "tilezero tmm0",
-            "tilezero tmm1",
             "2:",
             "tileloadd tmm4, [{a0} + {s}]",
             "tileloadd tmm6, [{b0} + {s}]",
@@ -220,16 +384,12 @@ unsafe fn tiles_1x2(a0: *const bf16, b0: *const bf16, b1: *const bf16, steps: us
             "add {b1}, 1024",
             "dec {n}",
             "jnz 2b",
-            "tilestored [{c} + {cs}], tmm0",
-            "tilestored [{c} + {cs} + 64], tmm1",
             a0 = inout(reg) a0 => _,
             b0 = inout(reg) b0 => _,
             b1 = inout(reg) b1 => _,
             n = inout(reg) steps => _,
-            c = inout(reg) c => _,
             s = in(reg) 64usize,
-            cs = in(reg) NW * 4,
-            options(nostack),
+            options(nostack, readonly),
         );
     }
 }

@@ -89,6 +89,32 @@ fn every_level_matches_the_reference_on_odd_shapes() {
     }
 }
 
+/// Packed A beyond the AMX kernel's L2 budget (512 KiB) is multiplied in `k` chunks with
+/// partial sums carried between them; odd sizes so the last row block and column unit are
+/// partial, and a thread count that leaves one thread fewer columns.
+#[test]
+fn long_k_in_chunks_matches_the_reference() {
+    for (m, n, k, threads) in [(100, 70, 3000, 2), (40, 33, 7000, 3)] {
+        let (a, w) = (data(m * k, 6), data(n * k, 7));
+        let bias: Vec<f32> = (0..n).map(|j| j as f32 * 0.5 - 7.0).collect();
+        let (want, scale) = reference(&a, &w, Some(&bias), (m, n, k));
+        for isa in levels() {
+            let mut c = vec![f32::NAN; m * n];
+            let out = GemmOut::F32(&mut c);
+            gemm_bf16_with(isa, &a, &w, Some(&bias), out, m, n, k, threads).unwrap();
+            for (idx, (&g, (&r, &s))) in c.iter().zip(want.iter().zip(&scale)).enumerate() {
+                let tol = (k as f64 + 2.0) * f64::from(f32::EPSILON) * s + 1e-30;
+                assert!(
+                    (f64::from(g) - r).abs() <= tol,
+                    "{isa:?} m{m} n{n} k{k} at ({}, {}): {g} vs {r}",
+                    idx / n,
+                    idx % n
+                );
+            }
+        }
+    }
+}
+
 #[test]
 fn levels_agree_with_portable_and_bf16_output_is_rounded_once() {
     let (m, n, k) = (70, 100, 200);
