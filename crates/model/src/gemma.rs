@@ -44,9 +44,8 @@ pub struct DecoderInput<'a> {
 
 #[derive(Debug, Clone)]
 struct Attention {
-    q_proj: Linear,
-    k_proj: Linear,
-    v_proj: Linear,
+    /// `q_proj`, `k_proj`, `v_proj` stacked into one layer at load.
+    qkv_proj: Linear,
     o_proj: Linear,
     heads: usize,
     kv_heads: usize,
@@ -61,9 +60,16 @@ impl Attention {
         let (h, hd) = (cfg.hidden_size, cfg.head_dim);
         let (heads, kv_heads) = (cfg.num_attention_heads, cfg.num_key_value_heads);
         Ok(Self {
-            q_proj: Linear::new(h, heads * hd, false, vb.pp("q_proj"))?,
-            k_proj: Linear::new(h, kv_heads * hd, false, vb.pp("k_proj"))?,
-            v_proj: Linear::new(h, kv_heads * hd, false, vb.pp("v_proj"))?,
+            qkv_proj: Linear::stacked(
+                h,
+                &[
+                    ("q_proj", heads * hd),
+                    ("k_proj", kv_heads * hd),
+                    ("v_proj", kv_heads * hd),
+                ],
+                false,
+                vb.clone(),
+            )?,
             o_proj: Linear::new(heads * hd, h, false, vb.pp("o_proj"))?,
             heads,
             kv_heads,
@@ -84,11 +90,18 @@ impl Attention {
         layer: usize,
         kv: &mut dyn KvCache,
     ) -> Result<Tensor> {
-        let q = self.q_proj.forward(x)?;
-        let k = self.k_proj.forward(x)?;
-        let v = self.v_proj.forward(x)?;
+        let [q, k, v] = self.qkv(x)?;
         let out = self.attend_rows(&q, &k, &v, ctx, layer, kv)?;
         self.o_proj.forward(&out)
+    }
+
+    /// `x: [T, hidden]` → q `[T, heads·hd]`, k and v `[T, kv_heads·hd]`.
+    fn qkv(&self, x: &Tensor) -> Result<[Tensor; 3]> {
+        let (q, kv) = (self.heads * self.head_dim, self.kv_heads * self.head_dim);
+        let y = self.qkv_proj.forward(x)?;
+        let parts = Linear::split(&y, &[q, kv, kv])?;
+        <[Tensor; 3]>::try_from(parts)
+            .map_err(|_| candle_core::Error::Msg("qkv: three parts".into()))
     }
 
     /// Batched form: the projections run once over the rows of every sequence; attention runs
@@ -100,9 +113,7 @@ impl Attention {
         layer: usize,
         caches: &mut [&mut dyn KvCache],
     ) -> Result<Tensor> {
-        let q = self.q_proj.forward(x)?;
-        let k = self.k_proj.forward(x)?;
-        let v = self.v_proj.forward(x)?;
+        let [q, k, v] = self.qkv(x)?;
         let mut outs = Vec::with_capacity(segments.len());
         for (seg, kv) in segments.iter().zip(caches.iter_mut()) {
             let rows = |y: &Tensor| y.narrow(0, seg.start, seg.len);

@@ -67,9 +67,8 @@ impl Embeddings {
 
 #[derive(Debug, Clone)]
 struct SelfAttention {
-    q_proj: Linear,
-    k_proj: Linear,
-    v_proj: Linear,
+    /// `q_proj`, `k_proj`, `v_proj` stacked into one layer at load.
+    qkv_proj: Linear,
     out_proj: Linear,
     heads: usize,
     scale: f64,
@@ -79,9 +78,12 @@ impl SelfAttention {
     fn new(cfg: &VisionConfig, vb: VarBuilder<'_>) -> Result<Self> {
         let h = cfg.hidden_size;
         Ok(Self {
-            q_proj: Linear::new(h, h, true, vb.pp("q_proj"))?,
-            k_proj: Linear::new(h, h, true, vb.pp("k_proj"))?,
-            v_proj: Linear::new(h, h, true, vb.pp("v_proj"))?,
+            qkv_proj: Linear::stacked(
+                h,
+                &[("q_proj", h), ("k_proj", h), ("v_proj", h)],
+                true,
+                vb.clone(),
+            )?,
             out_proj: Linear::new(h, h, true, vb.pp("out_proj"))?,
             heads: cfg.num_attention_heads,
             scale: (cfg.head_dim() as f64).powf(-0.5),
@@ -94,15 +96,19 @@ impl SelfAttention {
         let (rows, hidden) = x.dims2()?;
         let n = rows / images;
         let head_dim = hidden / self.heads;
-        let split = |t: Tensor| -> Result<Tensor> {
-            t.reshape((images, n, self.heads, head_dim))?
+        // One strided copy per projection straight out of the stacked output.
+        let qkv = self
+            .qkv_proj
+            .forward(x)?
+            .reshape((images, n, 3, self.heads, head_dim))?;
+        let split = |i: usize| -> Result<Tensor> {
+            qkv.narrow(2, i, 1)?
+                .squeeze(2)?
                 .transpose(1, 2)?
                 .contiguous()?
                 .reshape((images * self.heads, n, head_dim))
         };
-        let q = split(self.q_proj.forward(x)?)?;
-        let k = split(self.k_proj.forward(x)?)?;
-        let v = split(self.v_proj.forward(x)?)?;
+        let (q, k, v) = (split(0)?, split(1)?, split(2)?);
         let params = AttentionParams {
             scale: self.scale,
             softcap: None,
