@@ -122,11 +122,25 @@ pub(crate) fn columns<T: Store>(p: &Problem<'_>, a: &[bf16], out: OutPtr<T>, u0:
     // SAFETY: AMX is available and permitted (checked above); the config is a valid palette-1
     // description of 64 readable bytes.
     unsafe { asm!("ldtilecfg [{}]", in(reg) &raw const cfg, options(nostack, readonly)) };
-    let chunk = chunk_steps(m_blocks, steps);
-    if chunk >= steps {
+    // Groups of about GROUP_BLOCKS; never a small leftover group, which would stream all of W
+    // again for a few rows (272-row prefill: one group of 17 blocks, not 16 + 1).
+    let groups = (m_blocks + GROUP_BLOCKS / 2) / GROUP_BLOCKS;
+    let group = m_blocks.div_ceil(groups.max(1));
+    let chunk = chunk_steps(group, steps);
+    if group == m_blocks && chunk >= steps {
         whole_k(p, a, out, u0, u1, steps);
     } else {
-        blocked_k(p, a, out, u0, u1, steps, chunk);
+        for mb0 in (0..m_blocks).step_by(group) {
+            blocked_k(
+                p,
+                a,
+                out,
+                (u0, u1),
+                (mb0, (mb0 + group).min(m_blocks)),
+                steps,
+                chunk,
+            );
+        }
     }
     // SAFETY: AMX is available; releasing returns the tile state to its initial value so the
     // OS need not save it on context switches.
@@ -136,6 +150,11 @@ pub(crate) fn columns<T: Store>(p: &Problem<'_>, a: &[bf16], out: OutPtr<T>, u0:
 /// Bytes of packed A one `k` chunk may span: above this A no longer stays in L2 while W's
 /// column blocks stream past it (SigLIP fc2: 2.2 MB; Gemma down_proj at 272 rows: 8.9 MB).
 const A_CHUNK_BYTES: usize = 512 << 10;
+
+/// Row blocks (of 16) multiplied together against each column block of W. Larger `m` (batched
+/// vision: 2048 rows) runs in groups of this many, each streaming W once, so that a group's A
+/// stays in L2 with `k` chunks long enough to amortise carrying partial sums.
+const GROUP_BLOCKS: usize = 16;
 
 /// `k` steps per chunk so that a chunk of packed A fits [`A_CHUNK_BYTES`].
 fn chunk_steps(m_blocks: usize, steps: usize) -> usize {
@@ -187,35 +206,35 @@ fn whole_k<T: Store>(
     }
 }
 
-/// As [`whole_k`] in chunks of `chunk` steps (all column blocks of the thread per chunk, so a
-/// chunk of A stays in L2), partial sums kept in an f32 buffer for the thread's columns.
+/// As [`whole_k`] for row blocks `mb0..mb1`, in chunks of `chunk` steps (all column blocks of
+/// the thread per chunk, so the chunk of A stays in L2), partial sums kept in an f32 buffer for
+/// these rows and the thread's columns.
 fn blocked_k<T: Store>(
     p: &Problem<'_>,
     a: &[bf16],
     out: OutPtr<T>,
-    u0: usize,
-    u1: usize,
+    (u0, u1): (usize, usize),
+    (mb0, mb1): (usize, usize),
     steps: usize,
     chunk: usize,
 ) {
     let kp = steps * KB;
-    let m_blocks = p.m.div_ceil(TM);
     let ld = (u1 - u0) * NW;
-    let mut acc = vec![0f32; m_blocks * TM * ld];
+    let mut acc = vec![0f32; (mb1 - mb0) * TM * ld];
     let stride = ld * 4;
     for c0 in (0..steps).step_by(chunk) {
         let n = chunk.min(steps - c0);
         for u in u0..u1 {
             // SAFETY (for the offsets below): as in `whole_k`; c0 + n <= steps, so each tile
-            // run stays inside its block of A or W. `acc` has m_blocks·TM rows of `ld` f32 and
-            // the unit's 32 columns start at (u − u0)·NW.
+            // run stays inside its block of A or W. `acc` has (mb1 − mb0)·TM rows of `ld` f32
+            // and the unit's 32 columns start at (u − u0)·NW.
             let b0 = unsafe { p.w[u * NW * kp..].as_ptr().add(c0 * NB * KB) };
             let b1 = unsafe { b0.add(NB * kp) };
-            let mut mb = 0;
-            while mb < m_blocks {
+            let mut mb = mb0;
+            while mb < mb1 {
                 let a0 = unsafe { a[mb * TM * kp..].as_ptr().add(c0 * TM * KB) };
-                let two = mb + 1 < m_blocks;
-                let c = acc[mb * TM * ld + (u - u0) * NW..].as_mut_ptr();
+                let two = mb + 1 < mb1;
+                let c = acc[(mb - mb0) * TM * ld + (u - u0) * NW..].as_mut_ptr();
                 // SAFETY: tiles configured by the caller on this thread; loads and stores of C
                 // cover 2·TM (or TM) rows × NW columns at row stride `ld` inside `acc`.
                 unsafe {
@@ -237,7 +256,7 @@ fn blocked_k<T: Store>(
             }
         }
     }
-    out.tile(&acc, ld, 0, u0 * NW, p.bias);
+    out.tile(&acc, ld, mb0 * TM, u0 * NW, p.bias);
 }
 
 // The tile routines below share one contract.

@@ -89,12 +89,18 @@ fn every_level_matches_the_reference_on_odd_shapes() {
     }
 }
 
-/// Packed A beyond the AMX kernel's L2 budget (512 KiB) is multiplied in `k` chunks with
-/// partial sums carried between them; odd sizes so the last row block and column unit are
+/// Packed A beyond the AMX kernel's L2 budget (512 KiB), or more than 256 rows, is multiplied
+/// in `k` chunks with partial sums carried between them; odd sizes so the last row block and column unit are
 /// partial, and a thread count that leaves one thread fewer columns.
 #[test]
 fn long_k_in_chunks_matches_the_reference() {
-    for (m, n, k, threads) in [(100, 70, 3000, 2), (40, 33, 7000, 3)] {
+    // The last two: 19 row blocks in one group, 27 in two groups (14 + 13).
+    for (m, n, k, threads) in [
+        (100, 70, 3000, 2),
+        (40, 33, 7000, 3),
+        (300, 40, 1100, 2),
+        (420, 40, 300, 2),
+    ] {
         let (a, w) = (data(m * k, 6), data(n * k, 7));
         let bias: Vec<f32> = (0..n).map(|j| j as f32 * 0.5 - 7.0).collect();
         let (want, scale) = reference(&a, &w, Some(&bias), (m, n, k));
