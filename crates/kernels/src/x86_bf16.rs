@@ -6,8 +6,8 @@
 //! 8 rows × 32 columns of accumulators (16 zmm) in registers for the whole `k` loop.
 
 use std::arch::x86_64::{
-    __m512bh, __m512i, _mm512_dpbf16_ps, _mm512_loadu_si512, _mm512_set1_epi32, _mm512_setzero_ps,
-    _mm512_storeu_ps,
+    __m512bh, __m512i, _MM_HINT_T0, _mm_prefetch, _mm512_dpbf16_ps, _mm512_loadu_si512,
+    _mm512_set1_epi32, _mm512_setzero_ps, _mm512_storeu_ps,
 };
 
 use half::bf16;
@@ -100,6 +100,9 @@ unsafe fn micro<const R: usize>(a: &[bf16], w: &[bf16], kp: usize, acc: &mut [f3
         // second block, inside `w` (asserted above). Unaligned loads are allowed.
         let (w0, w1): (__m512bh, __m512bh) = unsafe {
             let q = pw.add(pair * 2 * NB);
+            // Hints only: a prefetch past the end of `w` is harmless (no fault, no read).
+            _mm_prefetch::<_MM_HINT_T0>(q.wrapping_add(PREFETCH).cast());
+            _mm_prefetch::<_MM_HINT_T0>(q.wrapping_add(NB * kp + PREFETCH).cast());
             (
                 as_bh(_mm512_loadu_si512(q.cast())),
                 as_bh(_mm512_loadu_si512(q.add(NB * kp).cast())),
@@ -121,6 +124,11 @@ unsafe fn micro<const R: usize>(a: &[bf16], w: &[bf16], kp: usize, acc: &mut [f3
         }
     }
 }
+
+/// bf16 elements ahead of the current weight pair to prefetch in each of the unit's two column
+/// blocks (2 KiB): decode streams every weight from DRAM once per token, and the hardware
+/// prefetcher alone kept two cores at ~19 of ~29 GB/s (bf16 mid decode 52 → ~45 ms/token).
+const PREFETCH: usize = 1024;
 
 #[inline(always)]
 fn as_bh(v: __m512i) -> __m512bh {
