@@ -71,17 +71,7 @@ simd_dispatch!(fn gelu_tanh_bf16(x: &[bf16], y: &mut [bf16]) = gelu_tanh_bf16_bo
 
 #[inline(always)]
 fn gelu_tanh_bf16_body(x: &[bf16], y: &mut [bf16]) {
-    const LANES: usize = 16;
-    let mut xs = x.chunks_exact(LANES);
-    let mut ys = y.chunks_exact_mut(LANES);
-    for (xc, yc) in (&mut xs).zip(&mut ys) {
-        for (x, y) in xc.iter().zip(yc.iter_mut()) {
-            *y = narrow(gelu_one(widen(*x)));
-        }
-    }
-    for (x, y) in xs.remainder().iter().zip(ys.into_remainder()) {
-        *y = narrow(gelu_one(widen(*x)));
-    }
+    map_lanes(x, y, |x| narrow(gelu_one(widen(x))));
 }
 
 simd_dispatch!(
@@ -91,17 +81,23 @@ simd_dispatch!(
 
 #[inline(always)]
 fn gelu_tanh_slice_body(x: &[f32], y: &mut [f32]) {
-    // Fixed-width chunks let the compiler keep the whole body in vector registers.
+    map_lanes(x, y, gelu_one);
+}
+
+/// `y[i] = f(x[i])` in fixed-width chunks, which let the compiler keep the whole body in vector
+/// registers.
+#[inline(always)]
+fn map_lanes<T: Copy, U>(x: &[T], y: &mut [U], f: impl Fn(T) -> U) {
     const LANES: usize = 16;
     let mut xs = x.chunks_exact(LANES);
     let mut ys = y.chunks_exact_mut(LANES);
     for (xc, yc) in (&mut xs).zip(&mut ys) {
         for (x, y) in xc.iter().zip(yc.iter_mut()) {
-            *y = gelu_one(*x);
+            *y = f(*x);
         }
     }
     for (x, y) in xs.remainder().iter().zip(ys.into_remainder()) {
-        *y = gelu_one(*x);
+        *y = f(*x);
     }
 }
 

@@ -32,6 +32,11 @@ impl Linear {
         } else {
             None
         };
+        Self::owned(weight, bias)
+    }
+
+    /// A layer owning its weight, packed for the GEMM kernels where they apply.
+    fn owned(weight: Tensor, bias: Option<Tensor>) -> Result<Self> {
         let weight = match PackedLinear::pack(&weight, bias.as_ref())? {
             Some(packed) => Weight::Packed(packed),
             None => Weight::Tensor(weight),
@@ -64,11 +69,7 @@ impl Linear {
         } else {
             None
         };
-        let weight = match PackedLinear::pack(&weight, bias.as_ref())? {
-            Some(packed) => Weight::Packed(packed),
-            None => Weight::Tensor(weight),
-        };
-        Ok(Self { weight, bias })
+        Self::owned(weight, bias)
     }
 
     /// The outputs of a [`Linear::stacked`] layer, `y: [.., Σ sizes]`, as contiguous tensors of
