@@ -221,14 +221,9 @@ impl Store for f32 {
 }
 
 impl Store for bf16 {
-    /// Round to nearest even, NaN kept quiet: the same bits as `bf16::from_f32`, without its
-    /// branches (which kept the output loop scalar).
     #[inline(always)]
     fn from_acc(v: f32) -> Self {
-        let bits = v.to_bits();
-        let rounded = bits.wrapping_add(0x7FFF + ((bits >> 16) & 1)) >> 16;
-        let nan = ((bits >> 16) | 0x0040) & 0xFFFF;
-        bf16::from_bits((if v.is_nan() { nan } else { rounded }) as u16)
+        crate::round_bf16(v)
     }
 }
 

@@ -31,6 +31,17 @@ mod x86_f32;
 
 pub use gemm::{GemmOut, PackedBf16};
 
+/// `v` rounded to bf16, to nearest with ties to even; NaN stays a (quiet) NaN, overflow goes to
+/// ±inf. The same bits as `bf16::from_f32`, without its branches, so loops over it vectorise
+/// (the GEMM output tiles here, the model's casts).
+#[inline(always)]
+pub fn round_bf16(v: f32) -> bf16 {
+    let bits = v.to_bits();
+    let rounded = bits.wrapping_add(0x7FFF + ((bits >> 16) & 1)) >> 16;
+    let nan = ((bits >> 16) | 0x0040) & 0xFFFF;
+    bf16::from_bits((if v.is_nan() { nan } else { rounded }) as u16)
+}
+
 use half::bf16;
 
 /// Invalid arguments to a kernel.

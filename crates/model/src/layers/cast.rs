@@ -64,15 +64,8 @@ pub(crate) fn widen(v: bf16) -> f32 {
     f32::from_bits(u32::from(v.to_bits()) << 16)
 }
 
-/// Round to nearest, ties to even; NaN stays a (quiet) NaN, infinities and overflow go to ±inf.
-#[inline(always)]
-pub(crate) fn narrow(v: f32) -> bf16 {
-    let bits = v.to_bits();
-    let rounded = bits.wrapping_add(0x7FFF + ((bits >> 16) & 1)) >> 16;
-    let nan = ((bits >> 16) | 0x0040) & 0xFFFF;
-    let out = if v.is_nan() { nan } else { rounded };
-    bf16::from_bits(out as u16)
-}
+/// Round to nearest, ties to even (the kernels crate's branch-free rounding).
+pub(crate) use paligemma_kernels::round_bf16 as narrow;
 
 #[cfg(test)]
 mod tests {
