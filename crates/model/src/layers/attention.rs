@@ -115,16 +115,8 @@ impl CustomOp1 for ScoresToProbs<'_> {
         let scores = &storage.as_slice::<f32>()?[start..end];
         let s = layout.shape().dims().last().copied().unwrap_or(1).max(1);
         let mask_guard = self.mask.map(|m| m.storage_and_layout());
-        let mask = match &mask_guard {
-            Some((storage, layout)) => {
-                let Storage::Cpu(cpu) = &**storage else {
-                    candle_core::bail!("attention-probs: mask must be on the CPU");
-                };
-                let o = layout.start_offset();
-                Some(&cpu.as_slice::<f32>()?[o..o + self.queries * s])
-            }
-            None => None,
-        };
+        let mask = mask_guard.as_ref().map(|(st, l)| (&**st, *l));
+        let mask = mask_values(mask, self.queries * s)?;
         let mut probs = vec![0f32; scores.len()];
         let row = RowParams {
             len: s,
@@ -138,6 +130,22 @@ impl CustomOp1 for ScoresToProbs<'_> {
         });
         Ok((CpuStorage::F32(probs), layout.shape().clone()))
     }
+}
+
+/// The first `len` f32 values of a CPU mask (from its `storage_and_layout`; `None` without a
+/// mask).
+pub(crate) fn mask_values<'a>(
+    mask: Option<(&'a Storage, &Layout)>,
+    len: usize,
+) -> Result<Option<&'a [f32]>> {
+    let Some((storage, layout)) = mask else {
+        return Ok(None);
+    };
+    let Storage::Cpu(cpu) = storage else {
+        candle_core::bail!("attention: the mask must be on the CPU");
+    };
+    let o = layout.start_offset();
+    Ok(Some(&cpu.as_slice::<f32>()?[o..o + len]))
 }
 
 /// What turns one row of raw scores into probabilities.

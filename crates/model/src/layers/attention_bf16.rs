@@ -6,11 +6,11 @@
 //! directly with f32 sums — the arithmetic PyTorch's bf16 matmul does — and round at the same
 //! points: scores to bf16 (inside [`probs_rows`]), probabilities to bf16, the output once.
 
-use candle_core::{Result, Storage, Tensor};
+use candle_core::{Result, Tensor};
 use half::bf16;
 use paligemma_kernels::{GemmOut, gemm_bf16};
 
-use super::attention::{AttentionParams, RowParams, probs_rows};
+use super::attention::{AttentionParams, RowParams, mask_values, probs_rows};
 use super::cast::narrow;
 use super::gemm::{kernel_err, with_bf16_slice};
 
@@ -37,16 +37,8 @@ pub(crate) fn attend(
     let items = work_items(kv_heads, rows, threads);
     let mut out = vec![bf16::ZERO; kv_heads * rows * d];
     let mask_guard = mask.map(|m| m.storage_and_layout());
-    let mask = match &mask_guard {
-        Some((storage, layout)) => {
-            let Storage::Cpu(cpu) = &**storage else {
-                candle_core::bail!("attention: mask must be on the CPU");
-            };
-            let o = layout.start_offset();
-            Some(&cpu.as_slice::<f32>()?[o..o + t * s])
-        }
-        None => None,
-    };
+    let mask = mask_guard.as_ref().map(|(st, l)| (&**st, *l));
+    let mask = mask_values(mask, t * s)?;
     with_bf16_slice(q, |q| {
         with_bf16_slice(k, |k| {
             with_bf16_slice(v, |v| {
@@ -142,17 +134,24 @@ fn blocks(ctx: &Ctx<'_>, items: &[Item], out: &mut [bf16]) -> Result<()> {
     let mut out = out;
     let mut vt = vec![bf16::ZERO; d * s];
     let mut vt_head = usize::MAX;
+    // Score and probability buffers for the tallest block, reused by every block.
+    let tall = items.iter().map(|i| i.r1 - i.r0).max().unwrap_or(0);
+    let mut scores = vec![0f32; tall * s];
+    let mut probs = vec![0f32; tall * s];
+    let mut probs_bf16 = vec![bf16::ZERO; tall * s];
     for item in items {
         let m = item.r1 - item.r0;
         let first = item.head * ctx.rows + item.r0;
         let a = &ctx.q[first * d..(first + m) * d];
         let keys = &ctx.k[item.head * s * d..(item.head + 1) * s * d];
-        let mut scores = vec![0f32; m * s];
-        gemm_bf16(a, keys, None, GemmOut::F32(&mut scores), m, s, d, 1).map_err(kernel_err)?;
-        let mut probs = vec![0f32; m * s];
-        probs_rows(ctx.row, item.r0, &scores, ctx.mask, &mut probs);
+        let (scores, probs) = (&mut scores[..m * s], &mut probs[..m * s]);
+        gemm_bf16(a, keys, None, GemmOut::F32(scores), m, s, d, 1).map_err(kernel_err)?;
+        probs_rows(ctx.row, item.r0, scores, ctx.mask, probs);
         // Already bf16 values; this only changes the storage type.
-        let probs: Vec<bf16> = probs.iter().map(|p| narrow(*p)).collect();
+        let probs_bf16 = &mut probs_bf16[..m * s];
+        for (b, p) in probs_bf16.iter_mut().zip(probs.iter()) {
+            *b = narrow(*p);
+        }
         if vt_head != item.head {
             // Vᵀ as the GEMM's `[n, k]` weight: `[d, S]`.
             let values = &ctx.v[item.head * s * d..(item.head + 1) * s * d];
@@ -164,7 +163,7 @@ fn blocks(ctx: &Ctx<'_>, items: &[Item], out: &mut [bf16]) -> Result<()> {
             vt_head = item.head;
         }
         let (mine, rest) = out.split_at_mut(m * d);
-        gemm_bf16(&probs, &vt, None, GemmOut::Bf16(mine), m, d, s, 1).map_err(kernel_err)?;
+        gemm_bf16(probs_bf16, &vt, None, GemmOut::Bf16(mine), m, d, s, 1).map_err(kernel_err)?;
         out = rest;
     }
     Ok(())
