@@ -62,17 +62,7 @@ pub(crate) fn check<W>(isa: Isa, p: &Problem<'_, W>, out_len: usize) -> Result<(
     if !isa.is_supported() {
         return Err(KernelError::Unsupported(isa));
     }
-    let expect = |what, got, expected| {
-        if got == expected {
-            Ok(())
-        } else {
-            Err(KernelError::Length {
-                what,
-                got,
-                expected,
-            })
-        }
-    };
+    let expect = crate::gemm::expect_len;
     expect("a", p.a.len(), p.m.saturating_mul(p.k))?;
     expect("w", p.w.len(), p.n.saturating_mul(p.k))?;
     if let Some(b) = p.bias {
